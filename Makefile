@@ -33,11 +33,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check dsv3_edu tests notebooks .ci
 
 unit: $(STAMP)
-	$(NB_ENV) $(BIN)/python -m pytest tests $(XDIST) -q
+	$(NB_ENV) $(BIN)/python -m pytest $(or $(T),tests) $(XDIST) -q
 
 nbval: $(STAMP)
-	$(NB_ENV) $(BIN)/python -m pytest notebooks $(NBVAL) $(XDIST) -q
+	$(NB_ENV) $(BIN)/python -m pytest $(or $(NB),notebooks) $(NBVAL) $(XDIST) -q
 
+# `make nbval NB=notebooks/03_mla.ipynb` checks one lesson; `make unit T=tests/test_config.py` one test file.
 # Re-record every notebook's outputs the way CI checks them (same env, same versions).
 notebooks: $(STAMP)
 	$(NB_ENV) $(BIN)/python .ci/record_notebooks.py $(NB)
