@@ -6,7 +6,8 @@ _totals: dict[str, float] = defaultdict(float)
 
 
 def pytest_runtest_logreport(report):
-    path = report.nodeid.split("::", 1)[0]
+    # report.location, not nodeid: with --nbval-sanitize-with nbval's node ids lose the path.
+    path = str(report.location[0])
     if path.endswith(".ipynb"):
         _totals[path] += report.duration
 

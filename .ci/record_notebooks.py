@@ -19,4 +19,4 @@ for path in paths:
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     nb.metadata.pop("widgets", None)  # widget state is per-run noise
     nbformat.write(nb, path)
-    print(f"{time.perf_counter() - start:6.1f} s  {path.relative_to(root) if path.is_absolute() else path}")
+    print(f"{time.perf_counter() - start:6.1f} s  {path}")
