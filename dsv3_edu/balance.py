@@ -24,11 +24,17 @@ from torch import nn
 from .moe import MoE
 
 
-def moe_layers(moe_or_model: nn.Module) -> list[MoE]:
-    """Every :class:`~dsv3_edu.moe.MoE` inside a module (itself included), in registration order."""
+def named_moe_layers(moe_or_model: nn.Module) -> list[tuple[str, MoE]]:
+    """(name, layer) for every :class:`~dsv3_edu.moe.MoE` inside a module (itself included), in
+    registration order: the main layers (``model.layers.3.mlp``), then the MTP modules (``mtp.0.mlp``)."""
     if not isinstance(moe_or_model, nn.Module):
         raise ValueError(f"Expected an MoE layer or a model, got {type(moe_or_model).__name__}")
-    return [m for m in moe_or_model.modules() if isinstance(m, MoE)]
+    return [(name, m) for name, m in moe_or_model.named_modules() if isinstance(m, MoE)]
+
+
+def moe_layers(moe_or_model: nn.Module) -> list[MoE]:
+    """Every :class:`~dsv3_edu.moe.MoE` inside a module (itself included), in registration order."""
+    return [m for _, m in named_moe_layers(moe_or_model)]
 
 
 def _require_layers(moe_or_model: nn.Module) -> list[MoE]:
@@ -212,12 +218,15 @@ class LoadTracker:
     """Adds up expert loads over an evaluation set, per MoE layer and per domain ("global" MaxVio).
 
     Call ``update(domains)`` after each forward; ``domains`` names each sequence of the batch
-    (or None). ``loads`` is (L, E); ``domain_loads[name]`` is (L, E).
+    (or None). ``loads`` is (L, E); ``domain_loads[name]`` is (L, E); ``names`` labels the L rows.
+    It reads ``last_routing``, so every MoE layer must have run in that forward (a forward that
+    skips the MTP modules leaves their routing from an earlier batch).
     """
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.layers = _require_layers(model)
+        self.names = [name or "moe" for name, _ in named_moe_layers(model)]
         E = self.layers[0].n_routed_experts
         self.loads = torch.zeros(len(self.layers), E, dtype=torch.float64)  # (L, E)
         self.domain_loads: dict[str, torch.Tensor] = {}
