@@ -116,6 +116,19 @@ class DeepSeekV3(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
         # RMSNorm weights start at one and the balancing bias at zero (their own constructors).
 
+    def save_pretrained(self, save_directory, **kwargs):
+        """Write config.json and safetensors in the released layout (see dsv3_edu.checkpoint.save_pretrained)."""
+        from .checkpoint import save_pretrained
+
+        return save_pretrained(self, save_directory, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, directory, **kwargs) -> DeepSeekV3:
+        """Load a checkpoint folder (see dsv3_edu.checkpoint.load_pretrained)."""
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(directory, **kwargs)
+
     def new_cache(self) -> LatentCache:
         """An empty latent cache for every main layer and every MTP module."""
         return LatentCache(self.config.num_hidden_layers + len(self.mtp))
