@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dsv3-edu-installed
-LAB_ARGS ?= --no-browser --ip=127.0.0.1 --port=8888
+LAB_ARGS ?= --no-browser --ip=127.0.0.1 --port=8888 $(if $(filter 0,$(shell id -u)),--allow-root)
 # One BLAS thread per process: deterministic numbers and no oversubscription on 2 cores.
 NB_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 IPYKERNEL_CELL_NAME='<IPY-INPUT>' PYTHONHASHSEED=0 PYTHONPATH=.ci
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with .ci/nbval_sanitize.cfg --nbval-cell-timeout=300 \
