@@ -280,7 +280,7 @@ class MLA(nn.Module):
             raise ValueError(f'attn_impl={impl!r} is not a known attention path: use "naive" or "absorbed"')
         if cache is not None and not isinstance(cache, (LatentCache, ExpandedKVCache)):
             raise ValueError(f"cache must be a LatentCache or an ExpandedKVCache, not {type(cache).__name__}")
-        if isinstance(cache, ExpandedKVCache) and attn_impl == "absorbed":
+        if isinstance(cache, ExpandedKVCache) and impl == "absorbed":
             raise ValueError(
                 "attn_impl='absorbed' needs the latent c_kv, which an ExpandedKVCache does not keep: use a LatentCache"
             )
