@@ -12,24 +12,13 @@ import torch
 
 from ..config import ModelConfig
 from ..widgets.absorption import attention_flops
+from ._common import NOT_DONE as _NOT_DONE
+from ._common import call_learner as _call
 
-_NOT_DONE = object()
 V3 = ModelConfig.deepseek_v3()
 # DeepSeek-V3's attention sizes: heads, latent d_c, nope d_h, rope d_h^R, value d_h.
 H3, C3, D3, R3, V3_DIM = 128, 512, 128, 64, 128
 
-
-def _call(fn, *args, hint: str = ""):
-    """Run the learner's function; print a short explanation (and ``hint``) instead of a traceback."""
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        print("Not done yet: replace `raise NotImplementedError(...)` with your code, then run this cell again.")
-    except Exception as err:  # the learner's code: report, do not crash the notebook
-        print(f"Your function raised {type(err).__name__}: {err}")
-        if hint:
-            print("Hint: " + hint)
-    return _NOT_DONE
 
 
 def _tensor_or_say(got, want_shape, what: str) -> bool:
