@@ -1,0 +1,430 @@
+"""Lesson 10: DeepSeek-V3 at full scale: the FP8 release, bytes of the weights, the KV cache, GPUs.
+
+FP8 block scaling, as the release stores it (README_WEIGHTS.md; [V3] section 3.3.2): every projection
+weight of attention, dense FFN and experts is ``float8_e4m3fn`` with one float32 ``weight_scale_inv`` per
+128 x 128 block, and ``weight ~= fp8_weight * weight_scale_inv`` block by block. Embedding, head, router,
+norms and ``eh_proj`` stay BF16; ``e_score_correction_bias`` is float32.
+
+``deployment(...)`` answers "what fits": weights on n GPUs, and how many tokens of KV cache the rest
+holds, for MLA (576 values per token and layer) and for the expanded per-head K/V (40,960).
+``deployment_explorer()`` is the widget: ``.controls``, ``.image``, ``.html``, ``.redraw``.
+
+Memory sizes of GPUs are taken as GiB (an "80 GB" H100 has 80 GiB of HBM). ``usable`` is the fraction a
+server may fill (vLLM's ``gpu_memory_utilization`` defaults to 0.9); activations, CUDA graphs and
+communication buffers also live in it, so the cache numbers are upper bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import ipywidgets as W
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
+
+from ..accounting import count_parameters, kv_cache_bytes_per_token
+from ..config import ModelConfig
+from ..viz import (
+    COLORS,
+    GiB,
+    error_html,
+    fig_to_png,
+    format_bytes,
+    format_count,
+    html_table,
+    plot_bytes_vs_context,
+    text_table,
+)
+from .overview import COMPONENT_COLORS, COMPONENTS
+
+FP8_BLOCK = 128  # weight_block_size [128, 128] in config.json's quantization_config
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+CACHE_DTYPES = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn, "fp32": torch.float32}
+WEIGHT_FORMATS = ("fp8", "bf16", "fp32")
+GPU_MEMORY = {"80 GB (A100, H100)": 80, "141 GB (H200)": 141, "192 GB (MI300X, B200)": 192}
+CONTEXTS = tuple(1024 * 2**i for i in range(8))  # 1K .. 128K tokens
+USABLE = 0.9
+LIMITS = {"batch": (1, 65536), "n_gpus": (1, 1024)}
+
+
+# ------------------------------------------------------------------------------------ FP8 blocks
+def fp8_block_quantize(weight: torch.Tensor, block: int = FP8_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight (out, in) -> (fp8 weight (out, in), weight_scale_inv (ceil(out/block), ceil(in/block)) float32).
+
+    Per block: weight_scale_inv = max|w| / 448, fp8 = w / weight_scale_inv rounded to e4m3. Edge blocks are
+    partial; the release pads them with zeros, which leaves their max unchanged. An all-zero block gets 1.
+    """
+    if weight.dim() != 2:
+        raise ValueError(f"fp8_block_quantize takes a 2-D weight (out, in), got shape {tuple(weight.shape)}")
+    rows, cols = weight.shape
+    R, C = -(-rows // block), -(-cols // block)  # blocks per dimension, rounded up
+    padded = weight.new_zeros(R * block, C * block, dtype=torch.float32)
+    padded[:rows, :cols] = weight.float()
+    blocks = padded.view(R, block, C, block)  # (R, block, C, block)
+    amax = blocks.abs().amax(dim=(1, 3))  # (R, C)
+    scale_inv = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    q = (blocks / scale_inv[:, None, :, None]).to(torch.float8_e4m3fn)
+    return q.view(R * block, C * block)[:rows, :cols].contiguous(), scale_inv
+
+
+def fp8_block_dequantize(
+    q: torch.Tensor, scale_inv: torch.Tensor, block: int = FP8_BLOCK, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """fp8 (out, in) and weight_scale_inv (ceil(out/block), ceil(in/block)) -> weight in ``dtype``:
+    each 128 x 128 block times its scale (what the official ``weight_dequant`` computes)."""
+    rows, cols = q.shape
+    want = (-(-rows // block), -(-cols // block))
+    if tuple(scale_inv.shape) != want:
+        raise ValueError(f"weight_scale_inv has shape {tuple(scale_inv.shape)}; a {rows} x {cols} weight in "
+                         f"{block} x {block} blocks needs {want}")
+    scale = scale_inv.float().repeat_interleave(block, 0).repeat_interleave(block, 1)[:rows, :cols]
+    return (q.float() * scale).to(dtype)
+
+
+# The projections stored in FP8, each with a weight_scale_inv (the official code's FP8 ``Linear`` layers).
+FP8_PROJECTIONS = ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj",
+                   "gate_proj", "up_proj", "down_proj")
+
+
+def release_dtype(name: str) -> str:
+    """The dtype a tensor has in the FP8 release, from its checkpoint name."""
+    parts = name.split(".")
+    if parts[-1] == "weight" and len(parts) > 1 and parts[-2] in FP8_PROJECTIONS:
+        return "float8_e4m3fn"  # attention, dense FFN and expert projections (+ a weight_scale_inv)
+    if name.endswith("e_score_correction_bias"):
+        return "float32"
+    return "bfloat16"  # embedding, lm_head, router gate.weight, norms, eh_proj
+
+
+_BYTES = {"float8_e4m3fn": 1, "bfloat16": 2, "float32": 4}
+
+
+def release_tensors(shapes: dict[str, tuple[int, ...]]) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, shape, dtype) of every tensor the FP8 release stores for these tensors: each FP8 weight is
+    followed by its ``weight_scale_inv`` (float32, one value per 128 x 128 block)."""
+    out = []
+    for name, shape in shapes.items():
+        dtype = release_dtype(name)
+        out.append((name, tuple(shape), dtype))
+        if dtype == "float8_e4m3fn":
+            scale = tuple(-(-s // FP8_BLOCK) for s in shape)
+            out.append((name[: -len("weight")] + "weight_scale_inv", scale, "float32"))
+    return out
+
+
+def layer_shapes(config: ModelConfig) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Tensor shapes of one layer of each kind ("dense", "moe", "mtp"), named relative to the layer,
+    read from modules built on the meta device (no memory, whatever the size)."""
+    from ..model import DecoderLayer, MTPModule
+
+    kinds = {}
+    with torch.device("meta"):
+        if config.first_k_dense_replace > 0:
+            kinds["dense"] = DecoderLayer(config, 0)
+        if config.num_hidden_layers > config.first_k_dense_replace:
+            kinds["moe"] = DecoderLayer(config, config.num_hidden_layers - 1)
+        if config.num_nextn_predict_layers:
+            kinds["mtp"] = MTPModule(config, config.num_hidden_layers)
+    return {
+        kind: {name: tuple(t.shape) for name, t in module.state_dict().items() if "rotary_emb" not in name
+               and "tokens_per_expert" not in name}
+        for kind, module in kinds.items()
+    }
+
+
+_WEIGHT_BYTES_CACHE: dict[tuple[str, str, bool], int] = {}
+
+
+def weight_bytes(config: ModelConfig | None = None, weights: str = "fp8", include_mtp: bool = False) -> int:
+    """Bytes of the main model's weights (``include_mtp``: plus the MTP modules' own tensors).
+
+    "fp8": the release's layout (FP8 projections with float32 block scales, BF16 for the rest);
+    "bf16" / "fp32": every tensor at 2 / 4 bytes, except e_score_correction_bias (float32 everywhere).
+    """
+    config = config or ModelConfig.deepseek_v3()
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weights={weights!r}: choose one of {', '.join(WEIGHT_FORMATS)}")
+    key = (repr(config), weights, include_mtp)
+    if key in _WEIGHT_BYTES_CACHE:
+        return _WEIGHT_BYTES_CACHE[key]
+
+    def nbytes(shapes: dict[str, tuple[int, ...]]) -> int:
+        if weights == "fp8":
+            return sum(math.prod(s) * _BYTES[dt] for _, s, dt in release_tensors(shapes))
+        per = 2 if weights == "bf16" else 4
+        return sum(math.prod(s) * (4 if n.endswith("e_score_correction_bias") else per) for n, s in shapes.items())
+
+    d, V = config.hidden_size, config.vocab_size
+    kinds = layer_shapes(config)
+    n_dense = config.first_k_dense_replace
+    total = nbytes({"model.embed_tokens.weight": (V, d), "lm_head.weight": (V, d), "model.norm.weight": (d,)})
+    total += n_dense * nbytes(kinds.get("dense", {}))
+    total += (config.num_hidden_layers - n_dense) * nbytes(kinds.get("moe", {}))
+    if include_mtp:
+        total += config.num_nextn_predict_layers * nbytes(kinds.get("mtp", {}))
+    _WEIGHT_BYTES_CACHE[key] = total
+    return total
+
+
+# ------------------------------------------------------------------------------------ parameters
+def parameter_rows(config: ModelConfig | None = None) -> list[list[str]]:
+    """Rows (component, parameters, active per token, share of the total) at any size, MTP last."""
+    config = config or ModelConfig.deepseek_v3()
+    counts = count_parameters(config)
+    rows = [
+        [label, f"{counts[total]:,}", f"{counts[active]:,}", f"{counts[total] / counts['total']:.2%}"]
+        for label, (total, active) in COMPONENTS.items()
+    ]
+    rows.append(["main model", f"{counts['total']:,}", f"{counts['active']:,}", "100.00%"])
+    rows.append(["MTP module(s), unique", f"{counts['mtp']:,}", f"{counts['mtp_active']:,}",
+                 f"{counts['mtp'] / counts['total']:.2%}"])
+    return rows
+
+
+def plot_parameters(config: ModelConfig | None = None, gpu_gib: tuple[int, ...] = (80, 141, 192)) -> Figure:
+    """Left: parameters per component (all, and those one token uses), log scale, with the MTP module.
+    Right: bytes of the weights as BF16 and as the FP8 release, against 8-GPU nodes of ``gpu_gib``."""
+    config = config or ModelConfig.deepseek_v3()
+    counts = count_parameters(config)
+    labels = list(COMPONENTS) + ["MTP module (unique)"]
+    total = [counts[t] for t, _ in COMPONENTS.values()] + [counts["mtp"]]
+    active = [counts[a] for _, a in COMPONENTS.values()] + [counts["mtp_active"]]
+    colors = [COMPONENT_COLORS.get(k, "tab:cyan") for k in labels]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.5, 1]})
+    ys = range(len(labels))[::-1]
+    left.barh(list(ys), total, color=colors, alpha=0.35, label="all parameters")
+    left.barh(list(ys), active, color=colors, height=0.45, label="active per token")
+    for y, t, a in zip(ys, total, active):
+        left.annotate(f" {format_count(t)}" + (f" ({format_count(a)} active)" if a != t else ""), (t, y),
+                      va="center", fontsize=8)
+    left.set_yticks(list(ys), labels)
+    left.set_xscale("log")
+    left.set_xlim(min(total) / 2, max(total) * 60)
+    left.set_xlabel("parameters (log scale)")
+    left.set_title(f"{format_count(counts['total'])} parameters, {format_count(counts['active'])} active per "
+                   f"token (+ MTP {format_count(counts['mtp'])})", fontsize=10)
+    left.legend(fontsize=8, loc="upper right")
+
+    sizes = {"BF16": weight_bytes(config, "bf16"), "FP8 release": weight_bytes(config, "fp8")}
+    bars = right.bar(list(sizes), [v / GiB for v in sizes.values()], color=["tab:purple", "tab:blue"])
+    for bar, v in zip(bars, sizes.values()):
+        right.annotate(format_bytes(v), (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                       va="bottom", fontsize=9)
+    for i, mem in enumerate(gpu_gib):
+        right.axhline(8 * mem * USABLE, color=COLORS["reference"], linestyle=("--", ":", "-.")[i % 3], linewidth=1,
+                      label=f"8 x {mem} GiB x {USABLE:.0%} = {8 * mem * USABLE:,.0f} GiB")
+    right.set_ylabel("weights of the main model (GiB)")
+    right.set_title("Every expert must be in memory", fontsize=10)
+    right.legend(fontsize=8, loc="upper right")
+    right.set_ylim(0, max(sizes.values()) / GiB * 1.45)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------ deployment
+@dataclass
+class Deployment:
+    """What fits on ``n_gpus`` GPUs of ``gpu_gib`` GiB: weights, then the KV cache in what is left."""
+
+    context: int
+    batch: int
+    cache_dtype: str
+    gpu_gib: float
+    n_gpus: int
+    weights: str
+    usable: float
+    weight_bytes: int  # the main model (serving without the MTP module)
+    capacity_bytes: int  # n_gpus x gpu_gib x usable
+    gpus_for_weights: int  # the fewest GPUs whose usable memory holds the weights alone
+    cache_budget: int  # capacity - weights (negative: the weights do not fit)
+    mla_per_token: int  # bytes per token over all layers, (d_c + d_h^R) values per layer
+    expanded_per_token: int  # bytes per token of per-head K (d_h + d_h^R) and V (d_h), all heads and layers
+    max_position_embeddings: int
+
+    @property
+    def mla_cache(self) -> int:
+        return self.mla_per_token * self.context * self.batch
+
+    @property
+    def expanded_cache(self) -> int:
+        return self.expanded_per_token * self.context * self.batch
+
+    def max_tokens(self, kind: str) -> int:
+        """Cached tokens (batch x context, summed over sequences) that fit in the cache budget."""
+        per = self.mla_per_token if kind == "mla" else self.expanded_per_token
+        return max(self.cache_budget, 0) // per
+
+    def max_batch(self, kind: str) -> int:
+        return self.max_tokens(kind) // self.context
+
+    def max_context(self, kind: str) -> int:
+        return self.max_tokens(kind) // self.batch
+
+    def fits(self, kind: str) -> bool:
+        return self.cache_budget >= (self.mla_cache if kind == "mla" else self.expanded_cache)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(mla_cache=self.mla_cache, expanded_cache=self.expanded_cache)
+        return out
+
+
+def deployment(
+    context: int = 131072, batch: int = 16, cache_dtype: str = "bf16", gpu_gib: float = 141, n_gpus: int = 8,
+    weights: str = "fp8", usable: float = USABLE, config: ModelConfig | None = None,
+) -> Deployment:
+    """Weights of the main model on ``n_gpus`` GPUs, and the KV cache of ``batch`` sequences of ``context``
+    tokens in the rest, for MLA and for the expanded per-head K/V. Raises ValueError on bad values."""
+    config = config or ModelConfig.deepseek_v3()
+    limit = config.max_position_embeddings
+    if isinstance(context, bool) or not isinstance(context, int) or not 1 <= context <= limit:
+        raise ValueError(f"context={context!r}: use a whole number of tokens from 1 to max_position_embeddings="
+                         f"{limit:,} (YaRN stretches the 4K-trained RoPE by 40x)")
+    for name, value in (("batch", batch), ("n_gpus", n_gpus)):
+        lo, hi = LIMITS[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"{name}={value!r} is out of range: use a whole number from {lo} to {hi:,}")
+    if cache_dtype not in CACHE_DTYPES:
+        raise ValueError(f"cache_dtype={cache_dtype!r}: choose one of {', '.join(CACHE_DTYPES)}")
+    if isinstance(gpu_gib, bool) or not isinstance(gpu_gib, (int, float)) or not gpu_gib > 0:
+        raise ValueError(f"gpu_gib={gpu_gib!r}: use the memory of one GPU in GiB, e.g. 80")
+    if not 0 < usable <= 1:
+        raise ValueError(f"usable={usable!r}: the fraction of GPU memory a server may fill, in (0, 1]")
+    w = weight_bytes(config, weights)
+    per_gpu = gpu_gib * GiB * usable
+    capacity = int(n_gpus * per_gpu)
+    dtype = CACHE_DTYPES[cache_dtype]
+    return Deployment(
+        context=context, batch=batch, cache_dtype=cache_dtype, gpu_gib=gpu_gib, n_gpus=n_gpus, weights=weights,
+        usable=usable, weight_bytes=w, capacity_bytes=capacity, gpus_for_weights=math.ceil(w / per_gpu),
+        cache_budget=capacity - w, mla_per_token=kv_cache_bytes_per_token(config, "mla", dtype),
+        expanded_per_token=kv_cache_bytes_per_token(config, "mha", dtype), max_position_embeddings=limit,
+    )
+
+
+def _tokens(n: int) -> str:
+    return f"{n // 1024}K" if n % 1024 == 0 and n >= 1024 else f"{n:,}"
+
+
+def deployment_rows(**kwargs) -> list[list[str]]:
+    """Rows (quantity, MLA, expanded K/V) of the widget's table."""
+    dep = deployment(**kwargs)
+    budget = f"the {format_bytes(dep.cache_budget)} left" if dep.cache_budget > 0 else "memory (none left)"
+
+    def ctx(kind: str) -> str:
+        n = dep.max_context(kind)
+        return f"{n:,}" + (" (> max positions)" if n > dep.max_position_embeddings else "")
+
+    return [
+        ["cache per token (all layers)", format_bytes(dep.mla_per_token), format_bytes(dep.expanded_per_token)],
+        [f"cache at {_tokens(dep.context)} x batch {dep.batch}", format_bytes(dep.mla_cache),
+         format_bytes(dep.expanded_cache)],
+        [f"fits in {budget}", "yes" if dep.fits("mla") else "no", "yes" if dep.fits("expanded") else "no"],
+        ["cached tokens that fit (batch x context)", f"{dep.max_tokens('mla'):,}", f"{dep.max_tokens('expanded'):,}"],
+        [f"max batch at {_tokens(dep.context)}", f"{dep.max_batch('mla'):,}", f"{dep.max_batch('expanded'):,}"],
+        [f"max context at batch {dep.batch}", ctx("mla"), ctx("expanded")],
+    ]
+
+
+def deployment_summary(**kwargs) -> str:
+    dep = deployment(**kwargs)
+    line = (f"{dep.n_gpus} x {dep.gpu_gib:g} GiB at {dep.usable:.0%} = {format_bytes(dep.capacity_bytes)} usable; "
+            f"weights ({dep.weights}) {format_bytes(dep.weight_bytes)}, alone need {dep.gpus_for_weights} GPUs; ")
+    if dep.cache_budget > 0:
+        return line + f"left for the KV cache ({dep.cache_dtype}): {format_bytes(dep.cache_budget)}"
+    return line + f"the weights do not fit: {format_bytes(-dep.cache_budget)} short, no room for any cache"
+
+
+HEADER = ("", "MLA (latent + rope key)", "expanded K/V (per head)")
+
+
+def deployment_table(**kwargs) -> str:
+    """The widget's numbers as plain text (for print in a lesson)."""
+    return deployment_summary(**kwargs) + "\n" + text_table(HEADER, deployment_rows(**kwargs))
+
+
+def plot_deployment(**kwargs) -> Figure:
+    """Left: weights + cache against the usable memory, for MLA and the expanded cache (bars above the
+    frame are cut, their totals written). Right: cache vs context at this batch, with the cache budget."""
+    dep = deployment(**kwargs)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 1.4]})
+    labels = ["MLA", "expanded K/V"]
+    caches = [dep.mla_cache, dep.expanded_cache]
+    weights = dep.weight_bytes / GiB
+    top = max(dep.capacity_bytes, dep.weight_bytes) / GiB * 1.6
+    left.bar(labels, [weights] * 2, color="0.6", label=f"weights ({dep.weights})")
+    left.bar(labels, [c / GiB for c in caches], bottom=[weights] * 2,
+             color=[COLORS["mla"], COLORS["mha"]], label=f"KV cache ({dep.cache_dtype})")
+    for i, c in enumerate(caches):
+        total = dep.weight_bytes + c
+        fits = c <= dep.cache_budget
+        text = f"{format_bytes(total)}\n{'fits' if fits else 'does not fit'}"
+        left.annotate(text, (i, min(total / GiB, top * 0.97)), ha="center", va="top" if total / GiB > top else "bottom",
+                      fontsize=9, color="black" if fits else "#b00020",
+                      bbox=dict(facecolor="white", alpha=0.85, edgecolor="none", pad=1))
+    left.axhline(dep.capacity_bytes / GiB, color="black", linestyle="--", linewidth=1,
+                 label=f"usable: {dep.n_gpus} x {dep.gpu_gib:g} GiB x {dep.usable:.0%}")
+    left.set_ylim(0, top)
+    left.set_ylabel("GiB")
+    left.set_title(f"{_tokens(dep.context)} tokens x batch {dep.batch}", fontsize=10)
+    left.legend(fontsize=8, loc="upper left")
+
+    contexts = CONTEXTS
+    per_token = {"MLA": dep.mla_per_token * dep.batch, "expanded K/V": dep.expanded_per_token * dep.batch}
+    plot_bytes_vs_context(right, per_token, contexts, colors={"MLA": COLORS["mla"], "expanded K/V": COLORS["mha"]})
+    if dep.cache_budget > 0:
+        right.axhline(dep.cache_budget / GiB, color="black", linestyle="--", linewidth=1,
+                      label=f"left for the cache: {format_bytes(dep.cache_budget)}")
+    right.axvline(dep.context, color="0.6", linewidth=0.8)
+    right.legend(fontsize=8, loc="upper left")
+    right.set_title(f"KV cache of {dep.batch} sequence{'s' * (dep.batch > 1)}, {dep.cache_dtype}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def deployment_explorer(
+    context: int = 131072, batch: int = 16, cache_dtype: str = "bf16", gpu_gib: float = 141, n_gpus: int = 8,
+    weights: str = "fp8",
+) -> W.VBox:
+    """Context, batch, cache dtype, GPU memory, number of GPUs and weight format; redraws on change."""
+    style = {"description_width": "120px"}
+    layout = W.Layout(width="380px")
+    gpu_options = dict(GPU_MEMORY)
+    if gpu_gib not in gpu_options.values():
+        gpu_options[f"{gpu_gib:g} GiB"] = gpu_gib
+    controls = {
+        "context": W.SelectionSlider(options=[(_tokens(c), c) for c in sorted(set(CONTEXTS) | {context})],
+                                     value=context, description="context", style=style, layout=layout),
+        "batch": W.IntText(value=batch, description="batch", style=style, layout=layout),
+        "cache_dtype": W.Dropdown(options=list(CACHE_DTYPES), value=cache_dtype, description="cache dtype",
+                                  style=style, layout=layout),
+        "gpu_gib": W.Dropdown(options=list(gpu_options.items()), value=gpu_gib, description="GPU memory",
+                              style=style, layout=layout),
+        "n_gpus": W.IntSlider(value=n_gpus, min=1, max=32, description="GPUs", style=style, layout=layout),
+        "weights": W.Dropdown(options=list(WEIGHT_FORMATS[:2]), value=weights, description="weights",
+                              style=style, layout=layout),
+    }
+    image = W.Image(format="png")
+    html = W.HTML()
+
+    def redraw(_change=None) -> None:
+        values = {name: c.value for name, c in controls.items()}
+        try:
+            rows = deployment_rows(**values)
+            summary = deployment_summary(**values)
+            png = fig_to_png(plot_deployment(**values))
+        except ValueError as err:
+            html.value = error_html(str(err))
+            return
+        image.value = png
+        html.value = f"<b>{summary}</b>" + html_table(HEADER, rows)
+
+    for control in controls.values():
+        control.observe(redraw, names="value")
+    redraw()
+    items = list(controls.values())
+    box = W.VBox([W.HBox([W.VBox(items[:3]), W.VBox(items[3:])]), image, html])
+    box.controls, box.image, box.html, box.redraw = controls, image, html, redraw
+    return box
