@@ -106,3 +106,23 @@ def test_our_checkpoint_loads_in_transformers(tmp_path):
     want = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24, do_sample=False,
                        pad_token_id=0)
     assert torch.equal(generate(ours, prompt, 24), want)
+
+
+def test_fused_expert_checkpoint_loads(tmp_path):
+    """transformers can also save its in-memory layout (save_original_format=False): experts fused as
+    mlp.experts.gate_up_proj (E, 2f, d) and mlp.experts.down_proj (E, d, f). load_pretrained unfuses them."""
+    from safetensors import safe_open
+
+    torch.manual_seed(0)
+    hf = DeepseekV3ForCausalLM(DeepseekV3Config(**BASE, attn_implementation="eager"))
+    with torch.no_grad():
+        set_biases(hf, 4)
+    hf.eval().save_pretrained(tmp_path, save_original_format=False)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        assert "model.layers.1.mlp.experts.gate_up_proj" in f.keys()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = load_pretrained(tmp_path, num_nextn_predict_layers=0)
+    ids = torch.randint(0, 96, (1, 20), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert max_diff(ours(ids).logits, hf(ids).logits) <= 1e-4

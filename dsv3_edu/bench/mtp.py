@@ -1,6 +1,6 @@
 """Speculative decoding with the MTP module vs plain greedy decoding, on the shipped tiny model.
 
-    python -m dsv3_edu.bench mtp [--json PATH] [--quick] [--model DIR] [--attn-impl absorbed|naive]
+    python -m dsv3_edu.bench mtp [--json PATH] [--quick] [--model DIR]
 
 Prompts are the starts of held-out documents (the corpus' validation split, 3 per domain). For each
 prompt both decoders produce the same number of new tokens (256; --quick: 64) on one thread; the
@@ -12,6 +12,9 @@ speculative output must equal greedy's token for token. Reported:
 - ``speedup``: greedy wall time / speculative wall time, best of 3 runs per prompt, median over prompts;
   ``speedup_cpu_time``: the same with this process' CPU time, which other programs on a busy machine
   do not inflate;
+- ``by_attn_impl``: the same for both MLA paths (both decoders always use the same path). The top-level
+  numbers are those of the checkpoint's own path (``attn_impl`` of its config: "naive" by default);
+  ``identical`` covers both;
 - ``train_tokens_per_s``: a few steps of dsv3_edu.train on the tiny-dsv3 preset, data setup excluded.
 """
 
@@ -59,18 +62,18 @@ def _timed_both(fn, *args, **kwargs):
     return wall, time.process_time() - c0, result
 
 
-def decode_benchmark(model, cases, new_tokens: int, repeats: int) -> dict:
+def decode_benchmark(model, cases, new_tokens: int, repeats: int, attn_impl: str | None = None) -> dict:
     """Both decoders on every prompt; best of ``repeats`` wall times per prompt and decoder."""
-    generate(model, cases[0][1], 8)  # warm up
-    speculative_generate(model, cases[0][1], 8)
+    generate(model, cases[0][1], 8, attn_impl=attn_impl)  # warm up
+    speculative_generate(model, cases[0][1], 8, attn_impl=attn_impl)
     rows = []
     for domain, ids in cases:
         t_greedy, t_spec, c_greedy, c_spec = [], [], [], []
         for _ in range(repeats):  # alternate, so a slow moment hits both
-            t, c, greedy = _timed_both(generate, model, ids, new_tokens)
+            t, c, greedy = _timed_both(generate, model, ids, new_tokens, attn_impl=attn_impl)
             t_greedy.append(t)
             c_greedy.append(c)
-            t, c, (spec, stats) = _timed_both(speculative_generate, model, ids, new_tokens)
+            t, c, (spec, stats) = _timed_both(speculative_generate, model, ids, new_tokens, attn_impl=attn_impl)
             t_spec.append(t)
             c_spec.append(c)
         rows.append({
@@ -121,12 +124,17 @@ def train_throughput(steps: int) -> dict:
             "train_seconds_per_step": seconds / steps}
 
 
-def run(model_dir: Path, per_domain: int, new_tokens: int, repeats: int, train_steps: int,
-        attn_impl: str = "absorbed") -> dict:
+def run(model_dir: Path, per_domain: int, new_tokens: int, repeats: int, train_steps: int) -> dict:
+    """Both MLA paths; the top-level numbers are those of the checkpoint's own path (config.attn_impl)."""
     torch.set_num_threads(1)
-    model = load_pretrained(model_dir, attn_impl=attn_impl)
+    model = load_pretrained(model_dir)
     cases = prompts(per_domain)
-    results = decode_benchmark(model, cases, new_tokens, repeats)
+    default = model.config.attn_impl
+    by_impl = {impl: decode_benchmark(model, cases, new_tokens, repeats, attn_impl=impl)
+               for impl in (default, *(i for i in ("naive", "absorbed") if i != default))}
+    results = dict(by_impl[default])
+    results["identical"] = all(r["identical"] for r in by_impl.values())
+    results["by_attn_impl"] = {impl: {k: v for k, v in r.items() if k != "per_prompt"} for impl, r in by_impl.items()}
     if train_steps:
         results.update(train_throughput(train_steps))
     results["meets_targets"] = {
@@ -136,13 +144,21 @@ def run(model_dir: Path, per_domain: int, new_tokens: int, repeats: int, train_s
     }
     results["targets"] = TARGETS
     results["settings"] = {
-        "model": str(model_dir), "parameters": sum(p.numel() for p in model.parameters()),
+        "model": _relative(model_dir), "parameters": sum(p.numel() for p in model.parameters()),
         "new_tokens": new_tokens, "prompts": len(cases), "prompt_tokens": int(cases[0][1].shape[1]),
         "repeats": repeats, "threads": torch.get_num_threads(), "dtype": "float32", "drafts_per_step": 1,
-        "attn_impl": model.config.attn_impl, "torch": torch.__version__, "machine": platform.machine(),
+        "attn_impl": default, "torch": torch.__version__, "machine": platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     return results
+
+
+def _relative(path: Path) -> str:
+    """The path relative to the repository when it is inside it (so the JSON does not name this machine)."""
+    try:
+        return str(Path(path).resolve().relative_to(DATA_DIR.parent))
+    except ValueError:
+        return str(path)
 
 
 def print_table(r: dict) -> None:
@@ -156,6 +172,9 @@ def print_table(r: dict) -> None:
         print(f"{domain:>10} | {d['acceptance_rate']:10.3f} {d['tokens_per_forward']:10.3f} {d['speedup']:7.2f}x")
     print(f"{'all':>10} | {r['acceptance_rate']:10.3f} {r['tokens_per_forward']:10.3f} {r['speedup']:7.2f}x "
           f"(CPU time: {r['speedup_cpu_time']:.2f}x)")
+    for impl, b in r.get("by_attn_impl", {}).items():
+        print(f"  attn_impl={impl}: acceptance {b['acceptance_rate']:.3f}, speed-up {b['speedup']:.2f}x, greedy "
+              f"{b['greedy_tokens_per_s']:.0f} tokens/s, speculative {b['speculative_tokens_per_s']:.0f} tokens/s")
     print(f"identical to greedy on every prompt: {r['identical']}; greedy {r['greedy_tokens_per_s']:.0f} tokens/s, "
           f"speculative {r['speculative_tokens_per_s']:.0f} tokens/s")
     if "train_tokens_per_s" in r:
@@ -171,15 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here (e.g. data/bench_mtp.json)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 prompts, 64 new tokens, 2 training steps")
     parser.add_argument("--model", type=Path, default=SHIPPED, help="checkpoint folder (default: the shipped one)")
-    parser.add_argument("--attn-impl", default="absorbed", choices=["absorbed", "naive"],
-                        help="MLA path for both decoders (default absorbed: the faster one for decoding)")
     args = parser.parse_args(argv)
     if not (args.model / "config.json").exists():
         parser.error(f"no checkpoint in {args.model}: train it with `python -m dsv3_edu.train --preset tiny-dsv3`")
     if args.quick:
-        results = run(args.model, per_domain=1, new_tokens=64, repeats=1, train_steps=2, attn_impl=args.attn_impl)
+        results = run(args.model, per_domain=1, new_tokens=64, repeats=1, train_steps=2)
     else:
-        results = run(args.model, per_domain=3, new_tokens=256, repeats=3, train_steps=8, attn_impl=args.attn_impl)
+        results = run(args.model, per_domain=3, new_tokens=256, repeats=3, train_steps=8)
     print_table(results)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
