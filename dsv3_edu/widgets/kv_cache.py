@@ -20,13 +20,13 @@ from ..viz import (
     COLORS,
     GiB,
     bar_with_references,
-    error_html,
     fig_to_png,
     format_bytes,
     html_table,
     plot_bytes_vs_context,
     text_table,
 )
+from . import explorer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
 CONTEXTS = tuple(1024 * 2**i for i in range(8))  # 1K .. 128K tokens
@@ -149,27 +149,14 @@ def kv_cache_explorer(
         "n_layers": W.IntSlider(value=n_layers, min=1, max=LIMITS["n_layers"][1], description="layers",
                                 style=style, layout=layout),
     }
-    image = W.Image(format="png")
-    html = W.HTML()
 
-    def redraw(_change=None) -> None:
-        values = {name: c.value for name, c in controls.items()}
-        try:
-            rows = kv_cache_rows(**values)
-            png = fig_to_png(plot_kv_cache(**values))
-        except ValueError as err:
-            html.value = error_html(str(err))
-            return
-        image.value = png
-        html.value = (
+    def render(**values) -> tuple[bytes, str]:
+        rows = kv_cache_rows(**values)
+        png = fig_to_png(plot_kv_cache(**values))
+        return png, (
             f"<b>{values['n_layers']} layers, head_dim {values['head_dim']}, {values['dtype']} "
             f"({format_bytes(torch.empty((), dtype=DTYPES[values['dtype']]).element_size())} per value), "
             f"context {values['context']:,}, batch {values['batch']}</b>" + html_table(HEADER, rows)
         )
 
-    for control in controls.values():
-        control.observe(redraw, names="value")
-    redraw()
-    box = W.VBox([W.HBox([W.VBox(list(controls.values())[:4]), W.VBox(list(controls.values())[4:])]), image, html])
-    box.controls, box.image, box.html, box.redraw = controls, image, html, redraw
-    return box
+    return explorer(controls, render, columns=2)

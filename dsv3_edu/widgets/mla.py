@@ -36,6 +36,7 @@ from ..viz import (
     plot_bytes_vs_context,
     text_table,
 )
+from . import explorer
 
 # ----------------------------------------------------------------------------- attention maps
 
@@ -275,24 +276,11 @@ def cache_explorer(context: int = 32768, batch: int = 1, dtype: str = "bf16") ->
         "dtype": W.Dropdown(options=list(DTYPES), value=dtype, description="dtype", style=style,
                             layout=W.Layout(width="200px")),
     }
-    image = W.Image(format="png")
-    html = W.HTML()
 
-    def redraw(_change=None) -> None:
-        values = {name: c.value for name, c in controls.items()}
-        try:
-            rows = cache_rows(**values)
-            png = fig_to_png(plot_cache(**values))
-        except ValueError as err:
-            html.value = error_html(str(err))
-            return
-        image.value = png
-        html.value = (f"<b>DeepSeek-V3's shape, 61 layers, {values['dtype']}, context {values['context']:,}, "
-                      f"batch {values['batch']}</b>" + html_table(HEADER, rows))
+    def render(**values) -> tuple[bytes, str]:
+        rows = cache_rows(**values)
+        png = fig_to_png(plot_cache(**values))
+        return png, (f"<b>DeepSeek-V3's shape, 61 layers, {values['dtype']}, context {values['context']:,}, "
+                     f"batch {values['batch']}</b>" + html_table(HEADER, rows))
 
-    for control in controls.values():
-        control.observe(redraw, names="value")
-    redraw()
-    box = W.VBox([W.HBox(list(controls.values())), image, html])
-    box.controls, box.image, box.html, box.redraw = controls, image, html, redraw
-    return box
+    return explorer(controls, render, columns=len(controls))

@@ -25,7 +25,8 @@ from matplotlib.ticker import FuncFormatter
 
 from ..config import ModelConfig
 from ..rope import rope_inv_freq, yarn_correction_range, yarn_get_mscale, yarn_ramp
-from ..viz import error_html, html_table, text_table
+from ..viz import html_table, text_table
+from . import explorer
 
 DEEPSEEK_V3 = dict(base=10000.0, dim=64, factor=40.0, original=4096, beta_fast=32.0, beta_slow=1.0)
 DIMS = (8, 16, 32, 64, 128, 256)
@@ -235,28 +236,13 @@ def rope_explorer(base=10000.0, dim=64, factor=40.0, original=4096, beta_fast=32
         "pair": W.IntSlider(value=pair, min=0, max=max(DIMS) // 2 - 1, description="pair i",
                             style=style, layout=layout),
     }
-    image = W.Image(format="png")
-    html = W.HTML()
 
-    def redraw(_change=None) -> None:
-        values = {name: c.value for name, c in controls.items()}
-        try:
-            rows = yarn_rows(**values)
-            png = figure_png(plot_yarn(**values))
-        except ValueError as err:
-            html.value = error_html(str(err))
-            return
-        image.value = png
-        html.value = (
+    def render(**values) -> tuple[bytes, str]:
+        rows = yarn_rows(**values)
+        png = figure_png(plot_yarn(**values))
+        return png, (
             f"<b>RoPE dim {values['dim']}, base {values['base']:g}, YaRN factor {values['factor']:g}, "
             f"beta_fast {values['beta_fast']:g}, beta_slow {values['beta_slow']:g}</b>" + html_table(HEADER, rows)
         )
 
-    for control in controls.values():
-        control.observe(redraw, names="value")
-    redraw()
-    names = list(controls)
-    box = W.VBox([W.HBox([W.VBox([controls[n] for n in names[:4]]), W.VBox([controls[n] for n in names[4:]])]),
-                  image, html])
-    box.controls, box.image, box.html, box.redraw = controls, image, html, redraw
-    return box
+    return explorer(controls, render, columns=2)

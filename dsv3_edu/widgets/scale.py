@@ -29,7 +29,6 @@ from ..config import ModelConfig
 from ..viz import (
     COLORS,
     GiB,
-    error_html,
     fig_to_png,
     format_bytes,
     format_count,
@@ -37,6 +36,7 @@ from ..viz import (
     plot_bytes_vs_context,
     text_table,
 )
+from . import explorer
 from .overview import COMPONENT_COLORS, COMPONENTS
 
 FP8_BLOCK = 128  # weight_block_size [128, 128] in config.json's quantization_config
@@ -406,25 +406,11 @@ def deployment_explorer(
         "weights": W.Dropdown(options=list(WEIGHT_FORMATS[:2]), value=weights, description="weights",
                               style=style, layout=layout),
     }
-    image = W.Image(format="png")
-    html = W.HTML()
 
-    def redraw(_change=None) -> None:
-        values = {name: c.value for name, c in controls.items()}
-        try:
-            rows = deployment_rows(**values)
-            summary = deployment_summary(**values)
-            png = fig_to_png(plot_deployment(**values))
-        except ValueError as err:
-            html.value = error_html(str(err))
-            return
-        image.value = png
-        html.value = f"<b>{summary}</b>" + html_table(HEADER, rows)
+    def render(**values) -> tuple[bytes, str]:
+        rows = deployment_rows(**values)
+        summary = deployment_summary(**values)
+        png = fig_to_png(plot_deployment(**values))
+        return png, f"<b>{summary}</b>" + html_table(HEADER, rows)
 
-    for control in controls.values():
-        control.observe(redraw, names="value")
-    redraw()
-    items = list(controls.values())
-    box = W.VBox([W.HBox([W.VBox(items[:3]), W.VBox(items[3:])]), image, html])
-    box.controls, box.image, box.html, box.redraw = controls, image, html, redraw
-    return box
+    return explorer(controls, render, columns=2)
