@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 NOT_DONE = object()  # returned by call_learner when the learner's function did not give an answer
 
 
@@ -16,3 +18,27 @@ def call_learner(fn, *args, hint: str = ""):
         if hint:
             print("Hint: " + hint)
     return NOT_DONE
+
+
+def _number(x):
+    """int or float from a Python, numpy or one-element torch number; None otherwise (bools too)."""
+    if isinstance(x, bool) or x is None:
+        return None
+    if isinstance(x, numbers.Integral):
+        return int(x)
+    if isinstance(x, numbers.Real):
+        return float(x)
+    if hasattr(x, "numel") and x.numel() == 1:
+        return _number(x.item())
+    return None
+
+
+def as_number(got):
+    """The learner's answer as an int or float, or None after printing why it is not one."""
+    if got is None:
+        print("Your function returned None: did you forget `return`?")
+        return None
+    value = _number(got)
+    if value is None:
+        print(f"Return a number, not {type(got).__name__}.")
+    return value

@@ -12,6 +12,7 @@ import torch
 from ..config import ModelConfig
 from ..mla import MLA
 from ._common import NOT_DONE as _NOT_DONE
+from ._common import as_number
 from ._common import call_learner as _call
 
 # ----------------------------------------------------------------------------------------------
@@ -80,15 +81,7 @@ def check_mla_cache_bytes(fn) -> None:
     results = []
     for case in _BYTES_CASES:
         got = _call(fn, *case)
-        if got is _NOT_DONE:
-            return
-        if got is None:
-            print("Your function returned None: did you forget `return`?")
-            return
-        if isinstance(got, torch.Tensor):
-            got = got.item()
-        if isinstance(got, bool) or not isinstance(got, (int, float)):
-            print(f"Return a number of bytes (an int), not {type(got).__name__}")
+        if got is _NOT_DONE or (got := as_number(got)) is None:
             return
         results.append((case, got, solution_mla_cache_bytes(*case)))
     wrong = [r for r in results if r[1] != r[2]]

@@ -13,6 +13,7 @@ import torch
 from ..config import ModelConfig
 from ..widgets.absorption import attention_flops
 from ._common import NOT_DONE as _NOT_DONE
+from ._common import as_number
 from ._common import call_learner as _call
 
 V3 = ModelConfig.deepseek_v3()
@@ -205,15 +206,7 @@ def check_decode_cache_bytes(fn) -> None:
         path, context, batch, bpv = case
         want = solution_decode_cache_bytes(*case)
         got = _call(fn, *case)
-        if got is _NOT_DONE:
-            return
-        if got is None:
-            print("Your function returned None: did you forget `return`?")
-            return
-        if isinstance(got, torch.Tensor):
-            got = got.item()
-        if isinstance(got, bool) or not isinstance(got, (int, float)):
-            print(f"Return a number of bytes (an int), not {type(got).__name__}.")
+        if got is _NOT_DONE or (got := as_number(got)) is None:
             return
         if got == want:
             continue

@@ -8,28 +8,16 @@ Each ``check_xxx(answer)`` tries your function (or dict) on a few cases and prin
 from __future__ import annotations
 
 import math
-import numbers
 
 from ..accounting import count_parameters
 from ..config import ModelConfig
 from ._common import NOT_DONE as _NOT_DONE
+from ._common import as_number
 from ._common import call_learner as _call
 
 GiB = 2**30
 
 
-
-def _as_number(x):
-    """int or float from a Python, numpy or one-element torch number; None otherwise (bools too)."""
-    if isinstance(x, bool) or x is None:
-        return None
-    if isinstance(x, numbers.Integral):
-        return int(x)
-    if isinstance(x, numbers.Real):
-        return float(x)
-    if hasattr(x, "numel") and x.numel() == 1:
-        return _as_number(x.item())
-    return None
 
 
 def _run_cases(fn, cases, solution, hint=""):
@@ -37,14 +25,7 @@ def _run_cases(fn, cases, solution, hint=""):
     results = []
     for case in cases:
         got = _call(fn, *case, hint=hint)
-        if got is _NOT_DONE:
-            return None
-        if got is None:
-            print("Your function returned None: did you forget `return`?")
-            return None
-        value = _as_number(got)
-        if value is None:
-            print(f"Return a number, not {type(got).__name__}.")
+        if got is _NOT_DONE or (value := as_number(got)) is None:
             return None
         results.append((case, value, solution(*case)))
     return results
