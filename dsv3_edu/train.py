@@ -126,7 +126,8 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
              qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32, intermediate_size=384,
              first_k_dense_replace=1, moe_intermediate_size=64, n_routed_experts=8, n_shared_experts=1,
              num_experts_per_tok=2, n_group=4, topk_group=2, num_nextn_predict_layers=1),
-        dict(steps=1200, batch_size=16, block_size=128, lr=3e-3, warmup=50, eval_every=200,
+        # 384-token blocks: speculative decoding runs the model to position ~290 (data/tiny-dsv3/TRAINING.md)
+        dict(steps=1200, batch_size=6, block_size=384, lr=3e-3, warmup=50, eval_every=200,
              save_every=200, balance="loss_free_seq"),
     ),
     # The load-balancing experiments of lesson 06 (dsv3_edu.bench.balance): MoE in every layer, no MTP.
@@ -470,10 +471,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gamma", type=float, help="bias update speed")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--block-size", type=int, help="tokens per training sequence")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in dict(steps=args.steps, seed=args.seed, device=args.device, balance=args.balance,
-                                       gamma=args.gamma, lr=args.lr, batch_size=args.batch_size).items()
+                                       gamma=args.gamma, lr=args.lr, batch_size=args.batch_size,
+                                       block_size=args.block_size).items()
                  if v is not None}
     model_config, train_config = preset(args.preset, **overrides)
     if args.resume and not args.out:
