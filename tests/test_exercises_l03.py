@@ -1,21 +1,12 @@
 """Lesson 03 checkers: accept the solutions, explain the typical mistakes, never crash on a stub."""
 
 import torch
+from exercise_helpers import run, stub
 
 from dsv3_edu.config import ModelConfig
 from dsv3_edu.exercises import l03_mla as ex
 from dsv3_edu.mla import MLA, expand_kv
 from dsv3_edu.rope import apply_rope
-
-
-def stub(*args):
-    raise NotImplementedError("your code here")
-
-
-def run(capsys, checker, fn):
-    assert checker(fn) is None  # prints only: nothing for a notebook cell to echo
-    out = capsys.readouterr().out
-    return out.startswith("Correct"), out
 
 
 def test_stubs_do_not_crash(capsys):

@@ -2,19 +2,10 @@
 
 import torch
 import torch.nn.functional as F
+from exercise_helpers import run, stub
 
 from dsv3_edu import DeepSeekV3, ModelConfig
 from dsv3_edu.exercises import l07_mtp as ex
-
-
-def stub(*args):
-    raise NotImplementedError("your code here")
-
-
-def run(capsys, checker, fn):
-    assert checker(fn) is None  # prints only: nothing for a notebook cell to echo
-    out = capsys.readouterr().out
-    return out.startswith("Correct"), out
 
 
 def test_stubs_do_not_crash(capsys):

@@ -1,6 +1,7 @@
 """Lesson 09 checkers: accept the solutions, explain the typical mistakes, never crash on a stub."""
 
 import torch
+from exercise_helpers import run, stub
 
 from dsv3_edu import DeepSeekV3
 from dsv3_edu.balance import LoadTracker
@@ -8,16 +9,6 @@ from dsv3_edu.exercises import l09_end_to_end as ex
 from dsv3_edu.generate import sample_next
 from dsv3_edu.mla import LatentCache
 from dsv3_edu.train import preset
-
-
-def stub(*args):
-    raise NotImplementedError("your code here")
-
-
-def run(capsys, checker, fn, *args):
-    assert checker(fn, *args) is None  # prints only: nothing for a notebook cell to echo
-    out = capsys.readouterr().out
-    return out.startswith("Correct"), out
 
 
 def test_stubs_do_not_crash(capsys):
