@@ -11,20 +11,8 @@ import math
 
 import torch
 
-_NOT_DONE = object()
-
-
-def _call(fn, *args, hint: str = ""):
-    """Run the learner's function; print a short explanation (and ``hint``) instead of a traceback."""
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        print("Not done yet: replace `raise NotImplementedError(...)` with your code, then run this cell again.")
-    except Exception as err:  # the learner's code: report, do not crash the notebook
-        print(f"Your function raised {type(err).__name__}: {err}")
-        if hint:
-            print("Hint: " + hint)
-    return _NOT_DONE
+from ._common import NOT_DONE as _NOT_DONE
+from ._common import call_learner as _call
 
 
 def _as_ints(x) -> list[int] | None:
