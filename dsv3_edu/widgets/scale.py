@@ -45,6 +45,7 @@ CACHE_DTYPES = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn, "fp32": torc
 WEIGHT_FORMATS = ("fp8", "bf16", "fp32")
 GPU_MEMORY = {"80 GB (A100, H100)": 80, "141 GB (H200)": 141, "192 GB (MI300X, B200)": 192}
 CONTEXTS = tuple(1024 * 2**i for i in range(8))  # 1K .. 128K tokens
+MAX_CONTEXT = ModelConfig.deepseek_v3().max_position_embeddings  # 163,840: the full YaRN range
 USABLE = 0.9
 LIMITS = {"batch": (1, 65536), "n_gpus": (1, 1024)}
 
@@ -395,7 +396,7 @@ def deployment_explorer(
     if gpu_gib not in gpu_options.values():
         gpu_options[f"{gpu_gib:g} GiB"] = gpu_gib
     controls = {
-        "context": W.SelectionSlider(options=[(_tokens(c), c) for c in sorted(set(CONTEXTS) | {context})],
+        "context": W.SelectionSlider(options=[(_tokens(c), c) for c in sorted(set(CONTEXTS) | {context, MAX_CONTEXT})],
                                      value=context, description="context", style=style, layout=layout),
         "batch": W.IntText(value=batch, description="batch", style=style, layout=layout),
         "cache_dtype": W.Dropdown(options=list(CACHE_DTYPES), value=cache_dtype, description="cache dtype",
