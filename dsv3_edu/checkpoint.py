@@ -158,12 +158,17 @@ def _shards(state: dict[str, torch.Tensor], max_bytes: int | None) -> list[dict[
     return shards
 
 
-def _write_atomic_prepare(path: Path, write) -> Path:
-    """Write a file through ``write(tmp_path)`` under a temporary name next to ``path``; fsync it."""
+def write_temp(path: Path, write) -> Path:
+    """Write through ``write(tmp_path)`` to a temporary file next to ``path``, fsync it and return it; the
+    caller os.replace()s it into place. On any error the temporary file is removed and ``path`` is untouched."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return tmp
 
 
@@ -207,12 +212,12 @@ def save_pretrained(
     try:
         for file, shard in files.items():
             final = directory / file
-            written.append((_write_atomic_prepare(final, lambda p, s=shard: save_file(s, p, {"format": "pt"})), final))
+            written.append((write_temp(final, lambda p, s=shard: save_file(s, p, {"format": "pt"})), final))
         if index is not None:
             final = directory / SAFE_INDEX_NAME
-            written.append((_write_atomic_prepare(final, lambda p: p.write_text(json.dumps(index, indent=2))), final))
+            written.append((write_temp(final, lambda p: p.write_text(json.dumps(index, indent=2))), final))
         final = directory / CONFIG_NAME
-        written.append((_write_atomic_prepare(final, lambda p: p.write_text(config_text)), final))
+        written.append((write_temp(final, lambda p: p.write_text(config_text)), final))
     except BaseException:
         for tmp, _ in written:
             tmp.unlink(missing_ok=True)

@@ -32,7 +32,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ from .balance import (
     moe_layers,
     update_bias,
 )
-from .checkpoint import from_checkpoint_state, read_checkpoint_tensors, save_pretrained
+from .checkpoint import from_checkpoint_state, read_checkpoint_tensors, save_pretrained, write_temp
 from .config import ModelConfig
 from .data import DOMAINS, BlockDataset
 from .model import DeepSeekV3
@@ -259,20 +258,6 @@ def evaluate(
 # -------------------------------------------------------------------------------- checkpoints
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through a temporary file in the same folder and return it; the caller os.replace()s it into
-    place. On any error the temporary file is removed and the old ``path`` is untouched."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
 def weights_digest(model: DeepSeekV3) -> str:
     """SHA-256 of every tensor of ``model.state_dict()`` (names and bytes): ties trainer state to weights."""
     h = hashlib.sha256()
@@ -314,7 +299,7 @@ def save_checkpoint(
             (HISTORY_FILE, lambda p: p.write_text(json.dumps(history))),
             (TRAIN_CONFIG_FILE, lambda p: p.write_text(json.dumps(dataclasses.asdict(train_config), indent=2) + "\n")),
         ):
-            temps.append((_atomic_write(out / name, write), out / name))
+            temps.append((write_temp(out / name, write), out / name))
         save_pretrained(model, out)  # weights + config.json, itself staged and moved into place
     except BaseException:
         for tmp, _ in temps:

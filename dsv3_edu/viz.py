@@ -166,3 +166,14 @@ def _tokens(n: int) -> str:
 
 def _unit_name(unit: int) -> str:
     return {GiB: "GiB", MiB: "MiB", KiB: "KiB", 1: "bytes"}.get(unit, f"x{unit} bytes")
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing moving average (the first points average what there is)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out

@@ -7,6 +7,7 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from dsv3_edu.viz import moving_average
 from dsv3_edu.widgets import balance as wb  # noqa: E402
 
 torch.set_num_threads(1)
@@ -109,8 +110,8 @@ def test_plots_and_table_from_results():
     torch.testing.assert_close(rel.mean(0), torch.ones(2, dtype=torch.float64))
 
 
-def test_smooth():
-    assert wb.smooth([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+def test_moving_average():
+    assert moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
 
 
 def test_missing_results_file_says_how_to_make_it(tmp_path):

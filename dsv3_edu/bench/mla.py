@@ -20,7 +20,6 @@ them with a roofline (time = max(bytes / bandwidth, flops / matmul speed)).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -31,6 +30,7 @@ import torch
 
 from ..config import ModelConfig
 from ..mla import MLA, absorbed_attention, causal_mask, expand_kv, expanded_attention, naive_attention
+from . import write_json
 
 BLOCK = 128  # query rows per block in prefill
 
@@ -199,7 +199,5 @@ def main(argv: list[str] | None = None) -> int:
         results = run([1024, 4096, 8192], chunk=512, repeats=5)
     print_table(results)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, results)
     return 0

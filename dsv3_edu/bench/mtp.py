@@ -21,7 +21,6 @@ speculative output must equal greedy's token for token. Reported:
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -33,6 +32,7 @@ from ..checkpoint import load_pretrained
 from ..config import DATA_DIR
 from ..data import DOMAINS, ByteTokenizer, documents, load_corpus
 from ..generate import generate, speculative_generate
+from . import write_json
 
 SHIPPED = DATA_DIR / "tiny-dsv3"
 TARGETS = {"identical": True, "acceptance_rate": 0.6, "speedup": 1.3}
@@ -199,7 +199,5 @@ def main(argv: list[str] | None = None) -> int:
         results = run(args.model, per_domain=3, new_tokens=256, repeats=3, train_steps=8)
     print_table(results)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, results)
     return 0

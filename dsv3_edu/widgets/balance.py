@@ -27,7 +27,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from ..config import DATA_DIR
-from ..viz import error_html, fig_to_png, html_table, text_table
+from ..viz import error_html, fig_to_png, html_table, moving_average, text_table
 
 RESULTS_PATH = DATA_DIR / "balance_runs" / "results.json"
 RUN_COLORS = {"none": "tab:red", "aux_loss": "tab:orange", "loss_free": "tab:blue", "loss_free_seq": "tab:green"}
@@ -226,23 +226,12 @@ def results_table(results: dict[str, Any]) -> str:
     return text_table(("run", "MaxVio_global", "MaxVio_batch (last 10%)", "val loss"), rows)
 
 
-def smooth(values: list[float], window: int) -> list[float]:
-    """Trailing moving average (the first points average what there is)."""
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
-
-
 def plot_maxvio_curves(results: dict[str, Any], window: int = 20) -> Figure:
     """MaxVio_batch per step (moving average) of the four runs, log scale; dots: MaxVio_global at the end."""
     fig, ax = plt.subplots(figsize=(8, 3.6))
     for mode, run in results["runs"].items():
         steps = range(1, len(run["maxvio_batch"]) + 1)
-        ax.plot(steps, smooth(run["maxvio_batch"], window), color=RUN_COLORS[mode], label=RUN_LABELS[mode])
+        ax.plot(steps, moving_average(run["maxvio_batch"], window), color=RUN_COLORS[mode], label=RUN_LABELS[mode])
         ax.plot([len(run["maxvio_batch"])], [run["maxvio_global"]], "o", color=RUN_COLORS[mode])
     ax.set_yscale("log")
     ax.axhline(0.1, color="0.5", linestyle=":", linewidth=1)
@@ -289,7 +278,7 @@ def plot_gamma_sweep(results: dict[str, Any], window: int = 20, layer: int = 0) 
     colors = {"0.0001": "tab:gray", "0.001": "tab:blue", "0.01": "tab:purple"}
     fig, axes = plt.subplots(1, 1 + len(sweep), figsize=(4 + 3.2 * len(sweep), 3.4))
     for key, run in sweep.items():
-        axes[0].plot(range(1, len(run["maxvio_batch"]) + 1), smooth(run["maxvio_batch"], window),
+        axes[0].plot(range(1, len(run["maxvio_batch"]) + 1), moving_average(run["maxvio_batch"], window),
                      color=colors.get(key), label=f"gamma {key}")
     axes[0].set_yscale("log")
     axes[0].set(xlabel="step", ylabel="MaxVio_batch (log)", title="speed of balancing")

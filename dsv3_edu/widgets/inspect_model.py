@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 from ..data import DOMAINS, ByteTokenizer
 from ..generate import generate
 from ..model import DeepSeekV3
-from ..viz import error_html, fig_to_png
+from ..viz import error_html, fig_to_png, moving_average
 
 # One prompt per domain of the corpus, written like its documents (dsv3_edu.data).
 DOMAIN_PROMPTS = {
@@ -292,16 +292,6 @@ def load_history(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def _smooth(values: list[float], window: int) -> list[float]:
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
-
-
 def plot_history(history: list[dict[str, Any]], window: int = 25) -> Figure:
     """Four panels: main loss, MTP loss, MaxVio and learning rate per step (thin: each step; thick: moving
     average over ``window``); dots: the validation evaluations."""
@@ -318,7 +308,7 @@ def plot_history(history: list[dict[str, Any]], window: int = 25) -> Figure:
         if pairs:
             xs, ys = zip(*pairs)
             ax.plot(xs, ys, color=color, alpha=0.25, linewidth=0.8)
-            ax.plot(xs, _smooth(list(ys), window), color=color, label=f"train (avg of {window})")
+            ax.plot(xs, moving_average(list(ys), window), color=color, label=f"train (avg of {window})")
         pts = [(r["step"], r[val_key]) for r in evals if r.get(val_key) is not None]
         if pts:
             ax.plot(*zip(*pts), "o", color="black", markersize=4, label="validation")
