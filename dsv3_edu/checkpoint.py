@@ -1,6 +1,6 @@
 """Checkpoints in the released layout: ``config.json`` plus safetensors named as DeepSeek-V3's.
 
-On disk (REFERENCE.md section 6) the main model's tensors keep the names of ``model.state_dict()``;
+On disk (notebooks/REFERENCE.md section 6) the main model's tensors keep the names of ``model.state_dict()``;
 MTP module k (0-based) sits at ``model.layers.{num_hidden_layers + k}.`` with ``enorm``, ``hnorm``,
 ``eh_proj``, a decoder layer (``self_attn.*``, ``mlp.*``, norms) and ``shared_head.norm``. In this
 package the MTP modules live at ``mtp.{k}``; the two functions here rename on the way out and in.

@@ -166,7 +166,7 @@ class ModelConfig:
     # ------------------------------------------------------------------ presets
     @classmethod
     def deepseek_v3(cls, **overrides: Any) -> ModelConfig:
-        """The released DeepSeek-V3 configuration (data/deepseek_v3_config.json), exactly."""
+        """The released DeepSeek-V3 configuration: data/deepseek_v3_config.json, less `auto_map` (data/README.md)."""
         return cls(**overrides)
 
     @classmethod

@@ -1,6 +1,6 @@
 """The whole model: embedding, dense then MoE decoder layers with MLA, final norm, head, and MTP modules.
 
-Names follow the released checkpoint ([V3] arXiv 2412.19437, REFERENCE.md section 6), so
+Names follow the released checkpoint ([V3] arXiv 2412.19437, notebooks/REFERENCE.md section 6), so
 ``model.state_dict()`` keys are the checkpoint's keys, except that the MTP modules live in
 ``mtp.{k}`` here and at ``model.layers.{num_hidden_layers + k}`` in a checkpoint
 (dsv3_edu.checkpoint renames them).
