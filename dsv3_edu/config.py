@@ -148,7 +148,7 @@ class ModelConfig:
         for name in ("norm_topk_prob", "rope_interleave"):
             value = getattr(self, name)
             if not isinstance(value, bool):
-                kind = "the string" if isinstance(value, str) else f"a {type(value).__name__}"
+                kind = "a string" if isinstance(value, str) else f"a {type(value).__name__}"
                 raise bad(name, f"must be true or false, not {kind} (a non-empty string would count as true)",
                           "Write true/false without quotes in config.json, True/False in Python")
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):

@@ -164,6 +164,9 @@ class DeepSeekV3(nn.Module):
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels {tuple(labels.shape)} must have the shape of input_ids "
                              f"{tuple(input_ids.shape)} (the model shifts them)")
+        if labels.shape[1] < 2:
+            raise ValueError(f"labels of {labels.shape[1]} position: position i is scored against token i+1, so a "
+                             "loss needs at least 2 positions. Pass labels=None to get the logits only.")
         counted = labels != -100
         bad = counted & ((labels < 0) | (labels >= self.config.vocab_size))
         stats = [bad.sum()] + [counted[:, k + 1:].sum() for k in range(len(self.mtp) + 1)]
@@ -233,6 +236,9 @@ class DeepSeekV3(nn.Module):
             h = h0
             for k in range(1, len(self.mtp) + 1):
                 # Depth k at position i sees h^{k-1}_i and t_{i+k}; it exists for i < T - k.
+                if input_ids.shape[1] <= k:  # too short a sequence for this depth: no positions
+                    out.mtp_logits.append(out.logits[:, :0])
+                    continue
                 h, logits = self.mtp_forward(k, h[:, :-1], input_ids[:, k:], attn_impl=attn_impl)
                 out.mtp_logits.append(logits)  # (B, T-k, V): position i predicts t_{i+k+1}
         if labels is not None:

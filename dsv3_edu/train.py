@@ -549,12 +549,14 @@ def prepare_out_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
     existing = describe_run(out)
     if resume:
         if not has_checkpoint(out):
-            what = f"holds {existing}, which" if existing else "holds no checkpoint: it"
-            raise FileNotFoundError(
-                f"Cannot resume from {out}: it {what} cannot be resumed (a run needs {CHECKPOINTS_DIR}/step-N/ with "
-                f"{STATE_FILE}). Drop resume to start a new run in an empty folder, or replace what is there "
-                "with overwrite."
-            )
+            if existing:
+                raise FileNotFoundError(
+                    f"Cannot resume from {out}: it holds {existing}, not a resumable run (that needs "
+                    f"{CHECKPOINTS_DIR}/step-N/ with {STATE_FILE}). Pass overwrite=True (--overwrite) to replace it "
+                    "with a new run, or choose another folder."
+                )
+            raise FileNotFoundError(f"Cannot resume from {out}: it holds no checkpoint. Drop resume (--resume) to "
+                                    "start a new run there.")
         folder = latest_checkpoint(out)
         if folder != out:  # finish what a save cut short after its rename: the links, the older folders
             publish_checkpoint(out, folder)
@@ -612,24 +614,28 @@ def train(
     if cfg.block_size > model_config.max_position_embeddings:
         raise ValueError(f"block_size={cfg.block_size} is more than max_position_embeddings="
                          f"{model_config.max_position_embeddings}")
+    n_layers = model_config.num_hidden_layers + model_config.num_nextn_predict_layers
+    no_moe = ValueError(f"balance={cfg.balance!r} needs MoE layers: this config has none "
+                        "(first_k_dense_replace >= num_hidden_layers). Use balance='none'.")
+    if cfg.balance != "none" and model is None and not any(model_config.is_moe_layer(i) for i in range(n_layers)):
+        raise no_moe
+    for name, data in (("train_data", train_data), ("val_data", val_data)):
+        if data is not None and data.block_size != cfg.block_size:
+            raise ValueError(f"{name} has block_size {data.block_size}, the TrainConfig {cfg.block_size}")
+    if out_dir is not None:  # before any work: writable, and a run there only with resume or overwrite
+        out_dir = prepare_out_dir(out_dir, resume, overwrite)
     if model is None:
         torch.manual_seed(cfg.seed)
         model = DeepSeekV3(model_config)
     model.to(device).train()
     layers = moe_layers(model)
     if cfg.balance != "none" and not layers:
-        raise ValueError(f"balance={cfg.balance!r} needs MoE layers: this config has none "
-                         "(first_k_dense_replace >= num_hidden_layers). Use balance='none'.")
+        raise no_moe
     optimizer = make_optimizer(model, cfg)
     train_data = train_data or BlockDataset("train", cfg.block_size)
     val_data = val_data or BlockDataset("validation", cfg.block_size)
-    for name, data in (("train_data", train_data), ("val_data", val_data)):
-        if data.block_size != cfg.block_size:
-            raise ValueError(f"{name} has block_size {data.block_size}, the TrainConfig {cfg.block_size}")
 
     step, history = 0, []
-    if out_dir is not None:
-        out_dir = prepare_out_dir(out_dir, resume, overwrite)
     if resume:
         step, history = load_checkpoint(out_dir, model, optimizer, cfg, allow_changes)
     for moe in layers:
