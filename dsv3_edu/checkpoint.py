@@ -333,8 +333,6 @@ def _likely_causes(on_disk: dict[str, torch.Tensor], config: ModelConfig) -> lis
     if n_experts is not None and n_experts != config.n_routed_experts:
         causes.append(f"the checkpoint has {n_experts} routed experts per layer, the config asks for "
                       f"n_routed_experts={config.n_routed_experts}")
-    if any(name.endswith("_scale_inv") for name in on_disk):
-        causes.append("weight_scale_inv tensors: FP8 release weights; dequantize them to bf16/fp32 first")
     return causes
 
 
@@ -360,6 +358,8 @@ def _mismatch_error(directory: Path, config: ModelConfig, missing, unexpected, m
             more = f", first {shown}" if len(rows) > shown else ""
             lines.append(f"  {kind} ({len(rows)}{more}):")
             lines += [f"    {row}" for row in rows[:shown]]
+    if any(name.endswith("_scale_inv") for name, _ in unexpected):
+        lines.append("  (weight_scale_inv tensors: FP8 release weights; dequantize them to bf16/fp32 first)")
     if causes:
         lines.append("Likely cause: " + "; ".join(causes) + ".")
     return CheckpointMismatchError("\n".join(lines), list(missing), list(unexpected), list(mismatched),
@@ -396,7 +396,8 @@ def check_fits(directory: Path, model: DeepSeekV3, state: dict[str, torch.Tensor
                    for n, t in state.items() if n in expected and _dtype_problem(expected[n][1], t.dtype)]
     if missing or unexpected or mismatched or wrong_dtype:
         causes = _likely_causes(on_disk, config)
-        if wrong_dtype and not causes:
+        fp8 = any(name.endswith("_scale_inv") for name, _ in unexpected)
+        if wrong_dtype and not causes and not fp8:
             causes.append("tensors of a non-float dtype (or FP8 without its scales) where the model has float "
                           "weights: the file was written by something else, or damaged")
         raise _mismatch_error(directory, config, missing, unexpected, mismatched, wrong_dtype, causes)
