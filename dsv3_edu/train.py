@@ -543,6 +543,9 @@ def prepare_out_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
     """
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
+    if resume and not Path(out_dir).is_dir():
+        raise FileNotFoundError(f"Cannot resume from {out_dir}: there is no such folder. Drop resume (--resume) to "
+                                "start a new run there.")
     out = ensure_writable(out_dir, is_dir=True, what="checkpoint folder")
     remove_stale_temps(out)
     remove_stale_temps(out / CHECKPOINTS_DIR)

@@ -327,8 +327,12 @@ def test_a_run_is_never_overwritten(data, tmp_path):
 
 def test_resume_without_a_checkpoint_is_refused(data, tmp_path):
     mc, tc = smoke(steps=2)
-    with pytest.raises(FileNotFoundError, match=r"holds no checkpoint. Drop resume"):
+    with pytest.raises(FileNotFoundError, match=r"there is no such folder. Drop resume"):
         T.train(mc, tc, out_dir=tmp_path / "new", progress=False, resume=True, **data)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"holds no checkpoint. Drop resume"):
+        T.train(mc, tc, out_dir=tmp_path / "empty", progress=False, resume=True, **data)
     with pytest.raises(ValueError, match=r"resume=True needs out_dir"):
         T.train(mc, tc, progress=False, resume=True, **data)
 
