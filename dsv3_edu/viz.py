@@ -25,6 +25,7 @@ COLORS = {
     "mla": "tab:blue",
     "reference": "0.35",
 }
+CONTEXTS = tuple(1024 * 2**i for i in range(8))  # context lengths the widgets offer: 1K .. 128K tokens
 
 
 def format_bytes(n: float) -> str:
@@ -45,6 +46,14 @@ def format_count(n: float) -> str:
         if abs(n) >= size:
             return f"{_three_digits(n / size)} {unit}"
     return f"{int(n)}"
+
+
+def format_seconds(s: float) -> str:
+    """0.0123 -> '12.3 ms', 4.5e-6 -> '4.50 us', 2.5 -> '2.50 s' (3 significant digits)."""
+    for unit, size in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= size:
+            return f"{_three_digits(s / size)} {unit}"
+    return f"{s * 1e9:.0f} ns"
 
 
 def fig_to_png(fig: Figure, dpi: int = 80) -> bytes:

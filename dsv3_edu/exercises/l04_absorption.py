@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelConfig
-from ..widgets.absorption import attention_flops
+from ..costmodel import attention_flops
 from ._common import NOT_DONE as _NOT_DONE
 from ._common import as_number
 from ._common import call_learner as _call

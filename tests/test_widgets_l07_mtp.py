@@ -8,7 +8,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dsv3_edu.data import ByteTokenizer  # noqa: E402
-from dsv3_edu.widgets.mtp import (  # noqa: E402
+from dsv3_edu.widgets.l07_mtp import (  # noqa: E402
     mtp_alignment_rows,
     mtp_alignment_table,
     mtp_chain,

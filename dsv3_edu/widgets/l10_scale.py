@@ -37,7 +37,7 @@ from ..viz import (
     text_table,
 )
 from . import explorer
-from .overview import COMPONENT_COLORS, COMPONENTS
+from .l00_welcome import COMPONENT_COLORS, COMPONENTS
 
 FP8_BLOCK = 128  # weight_block_size [128, 128] in config.json's quantization_config
 FP8_MAX = 448.0  # largest finite float8_e4m3fn

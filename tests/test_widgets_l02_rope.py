@@ -11,7 +11,7 @@ import torch  # noqa: E402
 
 from dsv3_edu.config import ModelConfig  # noqa: E402
 from dsv3_edu.rope import rope_inv_freq, softmax_scale, yarn_ramp  # noqa: E402
-from dsv3_edu.widgets.rope import DEEPSEEK_V3, plot_yarn, rope_explorer, yarn_pairs, yarn_table  # noqa: E402
+from dsv3_edu.widgets.l02_rope import DEEPSEEK_V3, plot_yarn, rope_explorer, yarn_pairs, yarn_table  # noqa: E402
 
 
 def test_released_config_numbers():

@@ -8,7 +8,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dsv3_edu.accounting import kv_cache_bytes  # noqa: E402
-from dsv3_edu.widgets.kv_cache import (  # noqa: E402
+from dsv3_edu.widgets.l01_attention import (  # noqa: E402
     deepseek_v3_reference,
     kv_cache_explorer,
     kv_cache_rows,

@@ -13,7 +13,7 @@
   style of [V3] Figure 9 (relative load: 1 is the fair share); :func:`plot_history` the training
   curves of a ``history.json`` written by :mod:`dsv3_edu.train`.
 
-Attention maps of the trained model use lesson 03's ``dsv3_edu.widgets.mla`` (``attention_maps``,
+Attention maps of the trained model use lesson 03's ``dsv3_edu.widgets.l03_mla`` (``attention_maps``,
 ``attention_explorer``). Tokens are bytes (dsv3_edu's ByteTokenizer), one character each.
 """
 

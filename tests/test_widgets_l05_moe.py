@@ -8,7 +8,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dsv3_edu.data import load_corpus  # noqa: E402
-from dsv3_edu.widgets import routing as R  # noqa: E402
+from dsv3_edu.widgets import l05_moe as R  # noqa: E402
 
 torch.set_num_threads(1)
 

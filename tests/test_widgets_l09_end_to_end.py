@@ -17,7 +17,7 @@ from dsv3_edu import DeepSeekV3, generate, load_pretrained  # noqa: E402
 from dsv3_edu.balance import LoadTracker  # noqa: E402
 from dsv3_edu.data import ByteTokenizer, documents, load_corpus  # noqa: E402
 from dsv3_edu.train import preset  # noqa: E402
-from dsv3_edu.widgets.inspect_model import (  # noqa: E402
+from dsv3_edu.widgets.l09_end_to_end import (  # noqa: E402
     ANSWER_PATTERNS,
     DOMAIN_PROMPTS,
     generation_explorer,
@@ -92,7 +92,7 @@ def test_html_and_plot(model):
     fig = plot_generation(gen)
     assert len(fig.axes) == 1 and len(fig.axes[0].patches) == 8
     matplotlib.pyplot.close(fig)
-    from dsv3_edu.widgets.inspect_model import Generation
+    from dsv3_edu.widgets.l09_end_to_end import Generation
 
     fake = Generation("sums:\n", "2+2=4\n3+3=7\n", [1], ["2"], [0.5])
     assert "complete sums a+b=c in the text: 1 of 2 right" in generation_html(fake)

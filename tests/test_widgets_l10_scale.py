@@ -13,7 +13,7 @@ from dsv3_edu import DeepSeekV3, ModelConfig  # noqa: E402
 from dsv3_edu.accounting import count_parameters  # noqa: E402
 from dsv3_edu.checkpoint import to_checkpoint_state  # noqa: E402
 from dsv3_edu.viz import GiB  # noqa: E402
-from dsv3_edu.widgets.scale import (  # noqa: E402
+from dsv3_edu.widgets.l10_scale import (  # noqa: E402
     FP8_MAX,
     deployment,
     deployment_explorer,

@@ -10,7 +10,7 @@ import torch  # noqa: E402
 
 from dsv3_edu import DeepSeekV3, ModelConfig, generate, speculative_generate  # noqa: E402
 from dsv3_edu.generate import SpeculativeStats  # noqa: E402
-from dsv3_edu.widgets.speculative import (  # noqa: E402
+from dsv3_edu.widgets.l08_speculative import (  # noqa: E402
     acceptance_runs,
     forward_staircase,
     plot_tokens_vs_forwards,
