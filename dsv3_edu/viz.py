@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from io import BytesIO
 
 import matplotlib.pyplot as plt
+import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -25,7 +26,14 @@ COLORS = {
     "mla": "tab:blue",
     "reference": "0.35",
 }
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}  # a widget's dtype menu
 CONTEXTS = tuple(1024 * 2**i for i in range(8))  # context lengths the widgets offer: 1K .. 128K tokens
+SPACE = "\u2423"  # how a space token is shown in labels
+
+
+def visible_token(label: str) -> str:
+    """A token's label as shown in a figure or table: a space becomes SPACE, anything else stays."""
+    return SPACE if label == " " else label
 
 
 def format_bytes(n: float) -> str:

@@ -19,7 +19,7 @@ def test_corpus_tokens_come_from_the_corpus():
     assert len(tokens.ids) == len(tokens.labels) == len(tokens.domains) == sum(map(len, R.SNIPPETS.values()))
     assert tokens.domains[0] == "prose" and tokens.domains[-1] == "csv"
     assert all(text in corpus[domain] for domain, text in R.SNIPPETS.items())
-    assert tokens.labels[:4] == ["T", "o", "m", R.SPACE]
+    assert tokens.labels[:4] == ["T", "o", "m", "\u2423"]
     with pytest.raises(ValueError, match="does not occur"):
         R.corpus_tokens({"prose": "no such line in the corpus, surely"})
     with pytest.raises(ValueError, match="unknown domain"):

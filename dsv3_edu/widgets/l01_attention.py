@@ -18,6 +18,8 @@ from ..attention import check_heads
 from ..config import ModelConfig
 from ..viz import (
     COLORS,
+    CONTEXTS,
+    DTYPES,
     GiB,
     bar_with_references,
     fig_to_png,
@@ -28,8 +30,6 @@ from ..viz import (
 )
 from . import explorer
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
-CONTEXTS = tuple(1024 * 2**i for i in range(8))  # 1K .. 128K tokens
 HEAD_DIMS = (32, 64, 96, 128, 192, 256)
 LIMITS = {"n_heads": (1, 256), "n_kv_heads": (1, 256), "batch": (1, 256), "n_layers": (1, 128)}
 

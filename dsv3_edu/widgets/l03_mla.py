@@ -27,6 +27,8 @@ from ..accounting import kv_cache_bytes_per_token, kv_cache_values_per_layer
 from ..config import ModelConfig
 from ..viz import (
     COLORS,
+    CONTEXTS,
+    DTYPES,
     GiB,
     bar_with_references,
     error_html,
@@ -35,6 +37,7 @@ from ..viz import (
     html_table,
     plot_bytes_vs_context,
     text_table,
+    visible_token,
 )
 from . import explorer
 
@@ -77,10 +80,6 @@ def _check_choice(attn: torch.Tensor, layer: int, head: int, query: int) -> None
     for name, value, n in (("layer", layer, L), ("head", head, H), ("query", query, T)):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n:
             raise ValueError(f"{name}={value!r} is out of range: this model has {name} 0 to {n - 1}")
-
-
-def _short(token: str) -> str:
-    return "\u2423" if token == " " else token  # a visible space
 
 
 def plot_attention_grid(attn: torch.Tensor, title: str = "", cell: float = 2.2) -> Figure:
@@ -127,11 +126,11 @@ def plot_attention(attn: torch.Tensor, tokens: Sequence[str], layer: int = 0, he
     colors = [COLORS["mla"]] * len(row)
     colors[int(row.argmax())] = "tab:red"
     right.bar(range(len(row)), row, color=colors)
-    right.set_xticks(range(len(row)), [_short(t) for t in tokens[: query + 1]], fontsize=7)
+    right.set_xticks(range(len(row)), [visible_token(t) for t in tokens[: query + 1]], fontsize=7)
     right.set_xlim(-0.5, T - 0.5)
     right.set_ylim(0, min(1.0, float(row.max()) * 1.15 + 0.02))
     right.set_ylabel("attention weight")
-    right.set_title(f"query {query} ({_short(tokens[query])!r}) reads keys 0..{query}", fontsize=10)
+    right.set_title(f"query {query} ({visible_token(tokens[query])!r}) reads keys 0..{query}", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -143,7 +142,7 @@ def attention_row(attn: torch.Tensor, tokens: Sequence[str], layer: int, head: i
     _check_choice(attn, layer, head, query)
     row = attn[layer, head, query, : query + 1]
     weights, keys = row.topk(min(top, query + 1))
-    return [[str(k), repr(_short(tokens[k])), f"{w:.3f}"] for k, w in zip(keys.tolist(), weights.tolist())]
+    return [[str(k), repr(visible_token(tokens[k])), f"{w:.3f}"] for k, w in zip(keys.tolist(), weights.tolist())]
 
 
 def attention_explorer(attn: torch.Tensor, tokens: Sequence[str], layer: int = 0, head: int = 0,
@@ -174,7 +173,7 @@ def attention_explorer(attn: torch.Tensor, tokens: Sequence[str], layer: int = 0
         image.value = png
         q = values["query"]
         html.value = (f"<b>layer {values['layer']}, head {values['head']}, query {q} "
-                      f"({_short(tokens[q])!r}): the keys it reads most</b>"
+                      f"({visible_token(tokens[q])!r}): the keys it reads most</b>"
                       + html_table(["key position", "token", "weight"], rows))
 
     for control in controls.values():
@@ -187,8 +186,6 @@ def attention_explorer(attn: torch.Tensor, tokens: Sequence[str], layer: int = 0
 
 # ------------------------------------------------------------------------------ cache sizes
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
-CONTEXTS = tuple(1024 * 2**i for i in range(8))  # 1K .. 128K tokens
 MAX_BATCH = 256
 GQA_GROUPS = 8
 H200_BYTES = 141 * 10**9  # one H200's memory, a scale reference

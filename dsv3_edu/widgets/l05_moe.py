@@ -29,7 +29,7 @@ from ..balance import max_violation
 from ..config import ModelConfig
 from ..data import ByteTokenizer, load_corpus
 from ..moe import Gate
-from ..viz import error_html, fig_to_png, html_table, text_table
+from ..viz import error_html, fig_to_png, html_table, text_table, visible_token
 
 # One short line per domain, each copied from the validation split (corpus_tokens checks it).
 SNIPPETS = {"prose": "Tom meets Zoe.", "arithmetic": "50+58=108", "code": "return a", "csv": "drum,20,4,80"}
@@ -38,7 +38,6 @@ MAX_EXPERTS = 64
 SEED = 0
 LIMITS = {"n_experts": (2, MAX_EXPERTS), "top_k": (1, 16), "n_group": (1, 16), "topk_group": (1, 16)}
 BIAS_LIMIT = 1.0
-SPACE = "\u2423"  # how a space is shown in row labels
 
 
 class CorpusTokens(NamedTuple):
@@ -60,7 +59,7 @@ def corpus_tokens(snippets: dict[str, str] | None = None, split: str = "validati
             raise ValueError(f"{text!r} does not occur in the {split} {domain} corpus")
         line = tok.encode(text)
         ids += line
-        labels += [SPACE if t == " " else t for t in tok.decode_tokens(line)]
+        labels += [visible_token(t) for t in tok.decode_tokens(line)]
         domains += [domain] * len(line)
     return CorpusTokens(torch.tensor(ids), labels, domains)
 

@@ -24,7 +24,7 @@ from matplotlib.patches import Patch
 from ..config import ModelConfig
 from ..data import DOMAINS, ByteTokenizer, documents, load_corpus
 from ..model import DeepSeekV3
-from ..viz import error_html, fig_to_png, html_table, text_table
+from ..viz import error_html, fig_to_png, html_table, text_table, visible_token
 
 # Cell kinds of the grid, in colour order.
 KINDS = ("not visible", "context in h_i", "via the chain", "Emb input", "target")
@@ -45,7 +45,7 @@ def sample_texts(max_bytes: int = 56) -> dict[str, str]:
 
 def token_labels(ids: list[int]) -> list[str]:
     """One short printable label per byte token: 'a', '␣' for a space, '\\n' for a newline."""
-    return [{" ": "␣"}.get(t, t) for t in ByteTokenizer().decode_tokens(ids)]
+    return [visible_token(t) for t in ByteTokenizer().decode_tokens(ids)]
 
 
 def _check(n_tokens: int, position: int, depth: int, max_depth: int) -> None:

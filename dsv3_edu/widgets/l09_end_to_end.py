@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 from ..data import DOMAINS, ByteTokenizer
 from ..generate import generate
 from ..model import DeepSeekV3
-from ..viz import error_html, fig_to_png, moving_average
+from ..viz import error_html, fig_to_png, moving_average, visible_token
 
 # One prompt per domain of the corpus, written like its documents (dsv3_edu.data).
 DOMAIN_PROMPTS = {
@@ -161,10 +161,6 @@ def generation_view(model: DeepSeekV3, prompt: str, max_new_tokens: int = 60, te
                       [float(p) for p in probs])
 
 
-def _visible(label: str) -> str:
-    return "\u2423" if label == " " else label
-
-
 def plot_generation(gen: Generation, max_bars: int = 80) -> Figure:
     """One bar per new token (its label below): the probability the model gave it. Low bars are where
     sampling (or the model) was unsure."""
@@ -172,7 +168,7 @@ def plot_generation(gen: Generation, max_bars: int = 80) -> Figure:
     fig, ax = plt.subplots(figsize=(min(14, 2 + 0.16 * n), 2.6))
     colors = ["tab:blue" if p >= 0.5 else "tab:orange" for p in gen.probs[:n]]
     ax.bar(range(n), gen.probs[:n], color=colors, width=0.8)
-    ax.set_xticks(range(n), [_visible(t) for t in gen.labels[:n]], fontsize=7, family="monospace")
+    ax.set_xticks(range(n), [visible_token(t) for t in gen.labels[:n]], fontsize=7, family="monospace")
     ax.set_xlim(-0.6, n - 0.4)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("p(chosen token)")
