@@ -21,7 +21,6 @@ from dsv3_edu.widgets.l08_speculative import (  # noqa: E402
     speculative_html,
     speculative_segments,
     speculative_view,
-    teacher_forced_agreement,
     validation_prompts,
 )
 
@@ -79,8 +78,6 @@ def test_measurements(model):
     assert all(r["identical"] and r["new_tokens"] == 12 for r in rows)
     p = pool(rows)
     assert 0 <= p["acceptance_rate"] <= 1 and 1 <= p["tokens_per_forward"] <= 2
-    agree = teacher_forced_agreement(model, blocks_per_domain=1, block_size=32)
-    assert list(agree) == ["prose", "arithmetic", "code", "csv"] and all(0 <= v <= 1 for v in agree.values())
     texts = validation_prompts()
     assert texts["prose"].startswith("One day, Tom goes to the park.") and all(len(t) == 32 for t in texts.values())
 

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from ..config import DATA_DIR, ModelConfig
-from ..moe import MLP, MoE, moe_reference_forward
+from ..moe import MoE, SwiGLUMLP, moe_reference_forward
 from ..train import PRESETS, TrainConfig, preset, train
 from .timing import median_seconds, timed
 
@@ -98,7 +98,7 @@ def time_dispatch(tokens: int = 2048, loop_tokens: int | None = 512, repeats: in
     torch.manual_seed(0)
     moe = MoE(config).eval()
     dense_hidden = config.moe_intermediate_size * (config.num_experts_per_tok + config.n_shared_experts)
-    dense = MLP(config.hidden_size, dense_hidden).eval()
+    dense = SwiGLUMLP(config.hidden_size, dense_hidden).eval()
     x = torch.randn(1, tokens, config.hidden_size)
     loop_tokens = tokens if loop_tokens is None else min(loop_tokens, tokens)
     with torch.no_grad():

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from ..balance import max_violation
 from ..config import ModelConfig
 from ..data import ByteTokenizer, load_corpus
-from ..moe import Gate
+from ..moe import Gate, select_groups
 from ..viz import error_html, fig_to_png, html_table, text_table, visible_token
 
 # One short line per domain, each copied from the validation split (corpus_tokens checks it).
@@ -91,16 +91,10 @@ def make_gate(config: ModelConfig, weight: torch.Tensor, bias: torch.Tensor | No
 def group_selection(
     scores: torch.Tensor, bias: torch.Tensor, n_group: int, topk_group: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Group scores (N, G), the sum of the top-2 of s + b in each group, and the kept groups (N, G) bool.
-
-    The same rule as ``Gate``; here to draw it (Gate does not return its groups)."""
-    biased = scores + bias  # (N, E)
-    N, E = biased.shape
-    grouped = biased.view(N, n_group, E // n_group)  # (N, G, E/G)
-    group_scores = grouped.topk(min(2, E // n_group), dim=-1).values.sum(dim=-1)  # (N, G)
-    keep = group_scores.topk(topk_group, dim=-1).indices  # (N, M)
-    kept = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)  # (N, G)
-    return group_scores, kept
+    """Group scores (N, G), the sum of the top-2 of s + b in each group, and the kept groups (N, G) bool:
+    ``dsv3_edu.moe.select_groups``, the rule ``Gate`` runs, on unbiased scores and a bias (to draw it)."""
+    selection = select_groups(scores + bias, n_group, topk_group)
+    return selection.group_scores, selection.kept
 
 
 def gate_matrix(topk_idx: torch.Tensor, topk_weight: torch.Tensor, n_experts: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ from matplotlib.patches import Patch
 
 from ..config import ModelConfig
 from ..data import DOMAINS, ByteTokenizer, documents, load_corpus
+from ..layers import eval_mode
 from ..model import DeepSeekV3
 from ..viz import error_html, fig_to_png, html_table, text_table, visible_token
 
@@ -119,12 +120,8 @@ class ChainRow:
 @torch.no_grad()
 def mtp_forward_all(model: DeepSeekV3, ids: list[int]) -> list[torch.Tensor]:
     """Probabilities of the main model (T, V) and of every MTP depth k (T-k, V) on one sequence."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         out = model(torch.tensor([ids]))
-    finally:
-        model.train(was_training)
     return [out.logits[0].float().softmax(-1)] + [lg[0].float().softmax(-1) for lg in out.mtp_logits]
 
 
