@@ -7,6 +7,7 @@ import pkgutil
 
 import pytest
 import torch
+from exercise_helpers import stub
 
 import dsv3_edu.exercises as exercises
 from dsv3_edu.exercises._common import as_int_list, as_number, as_tensor, close, diagnose, run_cases
@@ -49,6 +50,8 @@ def test_junk_is_explained_never_passed_never_raised(name, check, capsys):
         assert check(_raises) is None
         out = capsys.readouterr().out
         assert "raised ValueError: boom" in out and not out.startswith("Correct")
+        assert check(stub) is None
+        assert capsys.readouterr().out.startswith("Not done yet")
 
 
 def test_shared_readers(capsys):

@@ -7,6 +7,7 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from widget_helpers import assert_refused  # noqa: E402
 
 from dsv3_edu import DeepSeekV3, ModelConfig, generate, speculative_generate  # noqa: E402
 from dsv3_edu.generate import SpeculativeStats  # noqa: E402
@@ -104,10 +105,7 @@ def test_every_control_redraws(model):
 
 def test_bad_input_gives_a_message(model):
     box = speculative_explorer(model, prompt="custom", new_tokens=8)
-    image = box.image.value
-    box.controls["text"].value = ""
-    assert "Not drawn" in box.html.value and "prompt is empty" in box.html.value
-    assert box.image.value == image
+    assert_refused(box, "text", "", "prompt is empty")
     box.controls["text"].value = "x" * 250
     assert "exceeds max_position_embeddings=256" in box.html.value
     box.controls["prompt"].value = "csv"  # a held-out prompt again: drawn

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from widget_helpers import assert_refused  # noqa: E402
 
 from dsv3_edu import DeepSeekV3, generate  # noqa: E402
 from dsv3_edu.balance import LoadTracker  # noqa: E402
@@ -114,9 +115,7 @@ def test_every_control_redraws(model):
 def test_out_of_range_shows_a_message_not_a_traceback(model):
     box = generation_explorer(model, domain="prose", max_new_tokens=5)
     image = box.image.value
-    box.controls["prompt"].value = ""
-    assert "Not drawn" in box.html.value and "prompt is empty" in box.html.value
-    assert box.image.value == image  # the last valid picture stays
+    assert_refused(box, "prompt", "", "prompt is empty")
     box.controls["prompt"].value = "x" * 510
     assert "Not drawn" in box.html.value and "max_position_embeddings=512" in box.html.value
     box.controls["prompt"].value = "Mia"

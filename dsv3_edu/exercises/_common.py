@@ -19,13 +19,16 @@ NOT_DONE = object()  # returned by call_learner when the learner's function did 
 RETURNED_NONE = "Your function returned None: did you forget `return`?"
 
 
-def call_learner(fn, *args, hint: str = ""):
-    """Run the learner's function; print a short explanation (and ``hint``) instead of a traceback."""
+def call_learner(fn, *args, hint: str = "", none_ok: bool = False):
+    """Run the learner's function and return its answer, or NOT_DONE after a short explanation (and ``hint``)
+    instead of a traceback: the function is a stub, raises, or returns None (unless ``none_ok``: None is an
+    answer)."""
     if not callable(fn):
         print(f"Pass your function itself (its name, without parentheses), not {type(fn).__name__}.")
         return NOT_DONE
     try:
-        return fn(*args)
+        got = fn(*args)
+        return NOT_DONE if not none_ok and returned_none(got) else got
     except NotImplementedError:
         print("Not done yet: replace `raise NotImplementedError(...)` with your code, then run this cell again.")
     except Exception as err:  # the learner's code: report, do not crash the notebook

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ._common import NOT_DONE as _NOT_DONE
-from ._common import as_int_list, checker, returned_none
+from ._common import as_int_list, checker
 from ._common import call_learner as _call
 
 
@@ -46,8 +46,6 @@ def check_mtp_indices(fn) -> None:
         if got is _NOT_DONE:
             return
         where = f"T={T}, k={k}"
-        if returned_none(got):
-            return
         if not isinstance(got, (tuple, list)) or len(got) != 3:
             print(f"{where}: return three sequences (positions, fed, targets), not {type(got).__name__}"
                   + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else "") + ".")
@@ -130,8 +128,6 @@ def check_depth_loss(fn) -> None:
                     "a target before calling F.cross_entropy.")
         if got is _NOT_DONE:
             return
-        if returned_none(got):
-            return
         value = _as_float(got)
         if value is None:
             shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
@@ -197,8 +193,6 @@ def check_total_loss(fn) -> None:
         got = _call(fn, main_t, mtp_t, lam, hint="with no MTP module (D = 0, an empty list) the loss is the main "
                     "loss." if not mtp else "")
         if got is _NOT_DONE:
-            return
-        if returned_none(got):
             return
         value = _as_float(got)
         if value is None:

@@ -12,7 +12,7 @@ import math
 import torch
 
 from ._common import NOT_DONE as _NOT_DONE
-from ._common import as_int_list, checker, returned_none
+from ._common import as_int_list, checker
 from ._common import call_learner as _call
 
 # ----------------------------------------------------------------------------------------------
@@ -40,8 +40,6 @@ def check_accept(fn) -> None:
         if got is _NOT_DONE:
             return
         where = f"draft={draft}, main_choices={choices}"
-        if returned_none(got):
-            return
         toks = as_int_list(got)
         if toks is None:
             print(f"{where}: return a list of token ids (ints), got {type(got).__name__}.")
@@ -100,8 +98,6 @@ def check_tokens_per_forward(fn) -> None:
         if got is _NOT_DONE:
             return
         where = f"alpha={alpha}, k={k}"
-        if returned_none(got):
-            return
         if isinstance(got, torch.Tensor) and got.numel() == 1:
             got = float(got)
         if isinstance(got, bool) or not isinstance(got, (int, float)) or not math.isfinite(got):
@@ -198,8 +194,6 @@ def check_verify(fn) -> None:
         if got is _NOT_DONE:
             return
         where = f"step {step} (x_m at position m = {m}, draft {'wrong' if wrong else 'right'})"
-        if returned_none(got):
-            return
         toks = as_int_list(got)
         if toks is None:
             print(f"{where}: return the appended tokens as a list of ints, got {type(got).__name__}.")

@@ -14,7 +14,7 @@ import torch
 
 from ..config import ModelConfig
 from ._common import NOT_DONE as _NOT_DONE
-from ._common import as_int, as_int_list, checker, returned_none
+from ._common import as_int, as_int_list, checker
 from ._common import call_learner as _call
 
 # ----------------------------------------------------------------------------------------------
@@ -48,8 +48,6 @@ def check_cache_bytes(fn) -> None:
         got = _call(fn, cfg, n, dtype, hint="config.kv_lora_rank, config.qk_rope_head_dim, "
                     "config.num_hidden_layers; bytes per value: torch.empty((), dtype=dtype).element_size()")
         if got is _NOT_DONE:
-            return
-        if returned_none(got):
             return
         value = as_int(got)
         if value is None:
@@ -121,8 +119,6 @@ def check_busiest_experts(fn, tracker=None) -> None:
     want = solution_busiest_experts(fake, "arithmetic")
     got = _call(fn, fake, "arithmetic", hint="tracker.domain_loads['arithmetic'] is (layers, experts)")
     if got is _NOT_DONE:
-        return
-    if returned_none(got):
         return
     ids = as_int_list(got)
     L, E = fake.loads.shape
@@ -204,8 +200,6 @@ def check_sample(fn) -> None:
     got = _call(fn, logits.clone(), 0.0, None, torch.Generator().manual_seed(0),
                 hint="at temperature 0, return logits.argmax(dim=-1)")
     if got is _NOT_DONE:
-        return
-    if returned_none(got):
         return
     if not isinstance(got, torch.Tensor):
         print(f"Return a tensor of token ids, shape (B,) = ({B},); got {type(got).__name__}.")

@@ -14,6 +14,7 @@ def explorer(
     controls: dict[str, W.ValueWidget],
     render: Callable[..., tuple[bytes, str]],
     columns: int = 1,
+    errors: tuple[type[Exception], ...] = (ValueError,),
 ) -> W.VBox:
     """Controls over a picture and a table, redrawn whenever a control changes.
 
@@ -21,14 +22,15 @@ def explorer(
     ValueError for values that do not fit together: the message is shown instead of a traceback
     and the last good picture stays. The box exposes ``.controls``, ``.image``, ``.html`` and
     ``.redraw`` so tests can set a control's ``.value`` and see the output change, without a kernel.
-    ``columns`` splits the controls into that many columns (the first ones get the extra control).
+    ``columns`` splits the controls into that many columns (the first ones get the extra control);
+    ``errors`` are the exceptions shown as a message (a missing data file, say) rather than raised.
     """
     image, html = W.Image(format="png"), W.HTML()
 
     def redraw(_change: Any = None) -> None:
         try:
             png, text = render(**{name: c.value for name, c in controls.items()})
-        except ValueError as err:
+        except errors as err:
             html.value = error_html(str(err))
             return
         image.value, html.value = png, text

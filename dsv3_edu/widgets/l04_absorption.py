@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 
 from ..config import ModelConfig
 from ..costmodel import PATHS, Machine, check_path, decode_step_cost, machines
-from ..viz import CONTEXTS, error_html, fig_to_png, format_bytes, format_seconds, html_table, text_table
+from ..viz import CONTEXTS, fig_to_png, format_bytes, format_seconds, html_table, text_table
+from . import explorer
 
 PATH_COLORS = {"expanded": "tab:red", "naive": "tab:orange", "absorbed": "tab:blue"}
 LIMITS = {"heads": (1, 256), "batch": (1, 4096), "context": (1, 2**20)}
@@ -142,26 +143,11 @@ def absorption_explorer(context: int = 4096, heads: int = 128, batch: int = 1, p
         "machine": W.Dropdown(options=[("H800 (spec, BF16)", "h800"), ("this CPU (bench, FP32)", "cpu")],
                               value=machine, description="machine", style=style, layout=layout),
     }
-    image = W.Image(format="png")
-    html = W.HTML()
 
-    def redraw(_change=None) -> None:
-        values = {name: c.value for name, c in controls.items()}
-        try:
-            rows = decode_cost_rows(**values)
-            png = fig_to_png(plot_decode_costs(**values))
-        except (ValueError, FileNotFoundError) as err:
-            html.value = error_html(str(err))
-            return
-        image.value = png
-        html.value = f"<b>{_title(values['context'], values['heads'], values['batch'], values['machine'])}</b>" + \
-            html_table(HEADER, rows)
+    def render(**values) -> tuple[bytes, str]:
+        rows = decode_cost_rows(**values)
+        png = fig_to_png(plot_decode_costs(**values))
+        title = _title(values["context"], values["heads"], values["batch"], values["machine"])
+        return png, f"<b>{title}</b>" + html_table(HEADER, rows)
 
-    for control in controls.values():
-        control.observe(redraw, names="value")
-    redraw()
-    names = list(controls)
-    box = W.VBox([W.HBox([W.VBox([controls[n] for n in names[:3]]), W.VBox([controls[n] for n in names[3:]])]),
-                  image, html])
-    box.controls, box.image, box.html, box.redraw = controls, image, html, redraw
-    return box
+    return explorer(controls, render, columns=2, errors=(ValueError, FileNotFoundError))

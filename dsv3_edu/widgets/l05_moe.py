@@ -29,7 +29,8 @@ from ..balance import max_violation
 from ..config import ModelConfig
 from ..data import ByteTokenizer, load_corpus
 from ..moe import Gate, select_groups
-from ..viz import error_html, fig_to_png, html_table, text_table, visible_token
+from ..viz import fig_to_png, html_table, text_table, visible_token
+from . import explorer
 
 # One short line per domain, each copied from the validation split (corpus_tokens checks it).
 SNIPPETS = {"prose": "Tom meets Zoe.", "arithmetic": "50+58=108", "code": "return a", "csv": "drum,20,4,80"}
@@ -361,28 +362,15 @@ def routing_explorer(
         "bias": W.FloatSlider(value=bias, min=-BIAS_LIMIT, max=BIAS_LIMIT, step=0.05, readout_format="+.2f",
                               description="its bias b", style=style, layout=layout),
     }
-    image = W.Image(format="png")
-    html = W.HTML()
 
-    def redraw(_change=None) -> None:
-        values = {name: c.value for name, c in controls.items()}
-        try:
-            case = routing_case(**values)
-            png = fig_to_png(plot_routing_case(**values))
-        except ValueError as err:
-            html.value = error_html(str(err))
-            return
-        image.value = png
+    def render(**values) -> tuple[bytes, str]:
+        case = routing_case(**values)
+        png = fig_to_png(plot_routing_case(**values))
         c = case.config
-        html.value = (
+        return png, (
             f"<b>{c.n_routed_experts} routed experts in {_plural(c.n_group, 'group')} of {c.experts_per_group}, "
             f"each token keeps {c.topk_group} groups and picks {c.num_experts_per_tok} experts; "
             f"bias {case.bias_value:+.2f} on expert {case.bias_expert}</b>" + html_table(HEADER, routing_rows(case))
         )
 
-    for control in controls.values():
-        control.observe(redraw, names="value")
-    redraw()
-    box = W.VBox([W.HBox([W.VBox(list(controls.values())[:3]), W.VBox(list(controls.values())[3:])]), image, html])
-    box.controls, box.image, box.html, box.redraw = controls, image, html, redraw
-    return box
+    return explorer(controls, render, columns=2)
