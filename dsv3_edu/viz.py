@@ -177,6 +177,11 @@ def error_html(message: str) -> str:
     return f"<p style='color:#b00020'><b>Not drawn:</b> {message}</p>"
 
 
+def note_html(message: str) -> str:
+    """A note a widget shows above its output (a value it had to change, say)."""
+    return f"<p style='color:#8a5a00'><b>Note:</b> {message}</p>"
+
+
 def _tokens(n: int) -> str:
     return f"{n // 1024}K" if n % 1024 == 0 else str(n)
 

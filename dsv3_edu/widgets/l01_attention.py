@@ -159,4 +159,5 @@ def kv_cache_explorer(
             f"context {values['context']:,}, batch {values['batch']}</b>" + html_table(HEADER, rows)
         )
 
-    return explorer(controls, render, columns=2)
+    requested = dict(n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, batch=batch, n_layers=n_layers)
+    return explorer(controls, render, columns=2, requested=requested)

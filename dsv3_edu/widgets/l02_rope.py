@@ -245,4 +245,6 @@ def rope_explorer(base=10000.0, dim=64, factor=40.0, original=4096, beta_fast=32
             f"beta_fast {values['beta_fast']:g}, beta_slow {values['beta_slow']:g}</b>" + html_table(HEADER, rows)
         )
 
-    return explorer(controls, render, columns=2)
+    requested = dict(base=base, dim=dim, factor=factor, original=original, beta_fast=beta_fast,
+                     beta_slow=beta_slow, pair=pair)
+    return explorer(controls, render, columns=2, requested=requested)

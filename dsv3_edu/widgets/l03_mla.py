@@ -39,7 +39,7 @@ from ..viz import (
     text_table,
     visible_token,
 )
-from . import explorer
+from . import announce_clamps, explorer
 
 # ----------------------------------------------------------------------------- attention maps
 
@@ -181,7 +181,7 @@ def attention_explorer(attn: torch.Tensor, tokens: Sequence[str], layer: int = 0
     redraw()
     box = W.VBox([W.HBox(list(controls.values())[:2]), controls["query"], image, html])
     box.controls, box.image, box.html, box.redraw = controls, image, html, redraw
-    return box
+    return announce_clamps(box, dict(layer=layer, head=head, query=query))
 
 
 # ------------------------------------------------------------------------------ cache sizes
@@ -280,4 +280,4 @@ def cache_explorer(context: int = 32768, batch: int = 1, dtype: str = "bf16") ->
         return png, (f"<b>DeepSeek-V3's shape, 61 layers, {values['dtype']}, context {values['context']:,}, "
                      f"batch {values['batch']}</b>" + html_table(HEADER, rows))
 
-    return explorer(controls, render, columns=len(controls))
+    return explorer(controls, render, columns=len(controls), requested=dict(batch=batch))

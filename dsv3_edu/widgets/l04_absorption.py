@@ -150,4 +150,5 @@ def absorption_explorer(context: int = 4096, heads: int = 128, batch: int = 1, p
         title = _title(values["context"], values["heads"], values["batch"], values["machine"])
         return png, f"<b>{title}</b>" + html_table(HEADER, rows)
 
-    return explorer(controls, render, columns=2, errors=(ValueError, FileNotFoundError))
+    return explorer(controls, render, columns=2, errors=(ValueError, FileNotFoundError),
+                    requested=dict(heads=heads, batch=batch))

@@ -373,4 +373,6 @@ def routing_explorer(
             f"bias {case.bias_value:+.2f} on expert {case.bias_expert}</b>" + html_table(HEADER, routing_rows(case))
         )
 
-    return explorer(controls, render, columns=2)
+    requested = dict(n_experts=n_experts, top_k=top_k, n_group=n_group, topk_group=topk_group,
+                     bias_expert=bias_expert, bias=bias)
+    return explorer(controls, render, columns=2, requested=requested)

@@ -26,6 +26,7 @@ from ..data import DOMAINS, ByteTokenizer, documents, load_corpus
 from ..layers import eval_mode
 from ..model import DeepSeekV3
 from ..viz import error_html, fig_to_png, html_table, text_table, visible_token
+from . import announce_clamps
 
 # Cell kinds of the grid, in colour order.
 KINDS = ("not visible", "context in h_i", "via the chain", "Emb input", "target")
@@ -284,4 +285,4 @@ def mtp_explorer(
     redraw()
     box = W.VBox([W.HBox(list(controls.values())), image, out_html])
     box.controls, box.image, box.html, box.redraw = controls, image, out_html, redraw
-    return box
+    return announce_clamps(box, dict(position=position, depth=depth))

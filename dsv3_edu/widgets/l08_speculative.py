@@ -30,6 +30,7 @@ from ..data import DOMAINS, ByteTokenizer, documents, load_corpus
 from ..generate import SpeculativeStats, generate, speculative_generate
 from ..model import DeepSeekV3
 from ..viz import error_html, fig_to_png, html_table
+from . import announce_clamps
 
 KIND_COLORS = {"prompt": "#6e7781", "main": "#000000", "accepted": "#1a7f37", "rejected": "#cf222e"}
 CUSTOM = "custom"
@@ -260,4 +261,4 @@ def speculative_explorer(model: DeepSeekV3, texts: dict[str, str] | None = None,
     redraw()
     box = W.VBox([W.HBox([controls["prompt"], controls["new_tokens"]]), controls["text"], out_html, image])
     box.controls, box.image, box.html, box.redraw = controls, image, out_html, redraw
-    return box
+    return announce_clamps(box, dict(new_tokens=new_tokens))

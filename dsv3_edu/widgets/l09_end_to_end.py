@@ -37,6 +37,7 @@ from ..generate import generate
 from ..layers import eval_mode
 from ..model import DeepSeekV3
 from ..viz import error_html, fig_to_png, moving_average, visible_token
+from . import announce_clamps
 
 # One prompt per domain of the corpus, written like its documents (dsv3_edu.data).
 DOMAIN_PROMPTS = {
@@ -201,7 +202,7 @@ def generation_explorer(model: DeepSeekV3, domain: str = "code", max_new_tokens:
     box = W.VBox([W.HBox([controls["domain"], controls["prompt"]]),
                   W.HBox([controls["max_new_tokens"], controls["temperature"], controls["top_k"]]), html, image])
     box.controls, box.image, box.html, box.redraw = controls, image, html, redraw
-    return box
+    return announce_clamps(box, dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k))
 
 
 # ----------------------------------------------------------------------------------- expert loads

@@ -291,4 +291,4 @@ def deployment_explorer(
         png = fig_to_png(plot_deployment(**values))
         return png, f"<b>{summary}</b>" + html_table(HEADER, rows)
 
-    return explorer(controls, render, columns=2)
+    return explorer(controls, render, columns=2, requested=dict(batch=batch, n_gpus=n_gpus))
