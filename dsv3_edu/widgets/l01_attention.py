@@ -27,6 +27,7 @@ from ..viz import (
     html_table,
     plot_bytes_vs_context,
     text_table,
+    whole_number,
 )
 from . import explorer
 
@@ -36,9 +37,7 @@ LIMITS = {"n_heads": (1, 256), "n_kv_heads": (1, 256), "batch": (1, 256), "n_lay
 
 def _validate(n_heads, n_kv_heads, head_dim, context, dtype, batch, n_layers) -> None:
     for name, value in (("n_heads", n_heads), ("n_kv_heads", n_kv_heads), ("batch", batch), ("n_layers", n_layers)):
-        lo, hi = LIMITS[name]
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ValueError(f"{name}={value!r} is out of range: use a whole number from {lo} to {hi}")
+        whole_number(name, value, *LIMITS[name])
     if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0:
         raise ValueError(f"head_dim={head_dim!r}: use a positive whole number, e.g. 128")
     if isinstance(context, bool) or not isinstance(context, int) or context <= 0:

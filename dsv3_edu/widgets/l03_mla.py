@@ -38,6 +38,7 @@ from ..viz import (
     plot_bytes_vs_context,
     text_table,
     visible_token,
+    whole_number,
 )
 from . import announce_clamps, explorer
 
@@ -202,8 +203,7 @@ HEADER = ("attention", "values/token/layer", "bytes/token", "cache", "x MLA")
 def _validate(context: int, batch: int, dtype: str) -> None:
     if isinstance(context, bool) or not isinstance(context, int) or not 1 <= context <= CONTEXTS[-1]:
         raise ValueError(f"context={context!r} is out of range: use 1 to {CONTEXTS[-1]:,} tokens")
-    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
-        raise ValueError(f"batch={batch!r} is out of range: use a whole number from 1 to {MAX_BATCH}")
+    whole_number("batch", batch, 1, MAX_BATCH)
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: choose one of {', '.join(DTYPES)}")
 

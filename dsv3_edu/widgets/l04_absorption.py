@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from ..config import ModelConfig
 from ..costmodel import PATHS, Machine, check_path, decode_step_cost, machines
-from ..viz import CONTEXTS, fig_to_png, format_bytes, format_seconds, html_table, text_table
+from ..viz import CONTEXTS, fig_to_png, format_bytes, format_seconds, html_table, text_table, whole_number
 from . import explorer
 
 PATH_COLORS = {"expanded": "tab:red", "naive": "tab:orange", "absorbed": "tab:blue"}
@@ -25,9 +25,7 @@ LIMITS = {"heads": (1, 256), "batch": (1, 4096), "context": (1, 2**20)}
 # ----------------------------------------------------------------------------------------- drawing
 def _validate(context: int, heads: int, batch: int, path: str, machine: str) -> None:
     for name, value in (("context", context), ("heads", heads), ("batch", batch)):
-        lo, hi = LIMITS[name]
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ValueError(f"{name}={value!r} is out of range: use a whole number from {lo:,} to {hi:,}")
+        whole_number(name, value, *LIMITS[name])
     check_path(path)
     if machine not in ("cpu", "h800"):
         raise ValueError(f"machine={machine!r}: choose cpu (data/bench_mla.json) or h800 (spec sheet)")

@@ -29,7 +29,7 @@ from ..balance import max_violation
 from ..config import ModelConfig
 from ..data import ByteTokenizer, load_corpus
 from ..moe import Gate, select_groups
-from ..viz import fig_to_png, html_table, text_table, visible_token
+from ..viz import fig_to_png, html_table, text_table, visible_token, whole_number
 from . import explorer
 
 # One short line per domain, each copied from the validation split (corpus_tokens checks it).
@@ -127,16 +127,9 @@ class RoutingCase(NamedTuple):
     bias_value: float
 
 
-def _whole(name: str, value) -> int:
-    lo, hi = LIMITS[name]
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
-        raise ValueError(f"{name}={value!r} is out of range: use a whole number from {lo} to {hi}")
-    return int(value)
-
-
 def routing_config(n_experts: int = 32, top_k: int = 8, n_group: int = 8, topk_group: int = 4) -> ModelConfig:
     """The toy router's config; impossible combinations raise ModelConfig's own ValueError."""
-    values = {name: _whole(name, v) for name, v in
+    values = {name: whole_number(name, v, *LIMITS[name]) for name, v in
               (("n_experts", n_experts), ("top_k", top_k), ("n_group", n_group), ("topk_group", topk_group))}
     return ModelConfig.tiny(hidden_size=HIDDEN_SIZE, n_routed_experts=values["n_experts"],
                             num_experts_per_tok=values["top_k"], n_group=values["n_group"],

@@ -35,6 +35,7 @@ from ..viz import (
     html_table,
     plot_bytes_vs_context,
     text_table,
+    whole_number,
 )
 from . import explorer
 from .l00_welcome import COMPONENT_COLORS, COMPONENTS
@@ -161,9 +162,7 @@ def deployment(
         raise ValueError(f"context={context!r}: use a whole number of tokens from 1 to max_position_embeddings="
                          f"{limit:,} (YaRN stretches the 4K-trained RoPE by 40x)")
     for name, value in (("batch", batch), ("n_gpus", n_gpus)):
-        lo, hi = LIMITS[name]
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ValueError(f"{name}={value!r} is out of range: use a whole number from {lo} to {hi:,}")
+        whole_number(name, value, *LIMITS[name])
     if cache_dtype not in CACHE_DTYPES:
         raise ValueError(f"cache_dtype={cache_dtype!r}: choose one of {', '.join(CACHE_DTYPES)}")
     if isinstance(gpu_gib, bool) or not isinstance(gpu_gib, (int, float)) or not gpu_gib > 0:
