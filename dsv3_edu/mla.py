@@ -126,10 +126,13 @@ class ExpandedKVCache(_LayerCache):
 
 # ------------------------------------------------------- the cache-dependent cores
 def _softmax(scores: torch.Tensor, scale: float, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """softmax(scores * scale) over keys, in fp32, masked keys -inf (``scores`` is left as it was)."""
-    scores = scores * scale
+    """softmax(scores * scale) over keys, in fp32, masked keys -inf.
+
+    In place: every caller passes a fresh product (q k^T), so nothing the caller keeps changes, and one decode
+    step creates no extra (B, H, T, S) tensor (lesson 04 counts the tensors a step creates)."""
+    scores = scores.mul_(scale)
     if mask is not None:
-        scores = scores.masked_fill(mask, float("-inf"))
+        scores = scores.masked_fill_(mask, float("-inf"))
     return scores.softmax(dim=-1, dtype=torch.float32).to(dtype)
 
 
