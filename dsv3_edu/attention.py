@@ -225,7 +225,7 @@ class CausalSelfAttention(nn.Module):
         )
 
 
-class MLP(nn.Module):
+class GeluMLP(nn.Module):
     """A plain GELU feed-forward, 4x wide (lesson 05 replaces it with SwiGLU experts)."""
 
     def __init__(self, hidden_size: int, intermediate_size: int):
@@ -245,7 +245,7 @@ class Block(nn.Module):
         self.input_layernorm = nn.RMSNorm(hidden_size, eps=1e-6)
         self.self_attn = CausalSelfAttention(hidden_size, n_heads, n_kv_heads, head_dim, v_head_dim)
         self.post_attention_layernorm = nn.RMSNorm(hidden_size, eps=1e-6)
-        self.mlp = MLP(hidden_size, intermediate_size)
+        self.mlp = GeluMLP(hidden_size, intermediate_size)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer_idx: int = 0) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cache, layer_idx)

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from .layers import eval_mode
 from .moe import MoE
 
 
@@ -254,16 +255,12 @@ class LoadTracker:
 def global_loads(model: nn.Module, batches: Iterable, max_batches: int | None = None) -> LoadTracker:
     """Run ``model(input_ids)`` in eval mode over ``(input_ids, labels, domains)`` batches and
     return the filled :class:`LoadTracker` (the model's train/eval mode is restored)."""
-    was_training = model.training
-    model.eval()
     tracker = LoadTracker(model)
-    try:
+    with eval_mode(model):
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
             input_ids, _, domains = batch
             model(input_ids)
             tracker.update(domains)
-    finally:
-        model.train(was_training)
     return tracker

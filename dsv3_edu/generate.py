@@ -22,24 +22,13 @@ Letters: B batch, T positions, V vocabulary.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .layers import eval_mode
 from .model import DeepSeekV3
-
-
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module):
-    """Eval mode (no expert-load counting, no dropout) for the duration, then the previous mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _check_prompt(model: DeepSeekV3, input_ids: torch.Tensor, max_new_tokens: int,
@@ -113,7 +102,7 @@ def generate(
     _check_sampling(temperature, top_k)
     if max_new_tokens == 0:
         return input_ids.clone()
-    with _eval_mode(model):
+    with eval_mode(model):
         cache = model.new_cache()
         h = model.backbone(input_ids, cache=cache, attn_impl=attn_impl)  # (B, T, d): prefill
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
@@ -192,7 +181,7 @@ def speculative_generate(
     def done() -> bool:
         return len(out) - n_prompt >= max_new_tokens or (eos_token_id is not None and eos_token_id in out[n_prompt:])
 
-    with _eval_mode(model):
+    with eval_mode(model):
         if max_new_tokens > 0:
             cache = model.new_cache()  # main layers and the MTP module's own layer
             h = model.backbone(input_ids, cache=cache, attn_impl=attn_impl)  # (1, T, d): h^0 of the prompt

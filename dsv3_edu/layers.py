@@ -1,6 +1,9 @@
-"""Small building blocks shared by attention, MoE and the full model."""
+"""Small building blocks shared by attention, MoE and the full model, and ``eval_mode``."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -26,3 +29,15 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``with eval_mode(model):`` eval mode (no expert-load counting, no bias update, no dropout) for the
+    block, then the mode the model had before, even if the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

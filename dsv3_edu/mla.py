@@ -31,6 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .attention import causal_mask
 from .config import ModelConfig
 from .layers import RMSNorm
 from .rope import RotaryEmbedding, apply_rope, softmax_scale
@@ -124,16 +125,11 @@ class ExpandedKVCache(_LayerCache):
 
 
 # ------------------------------------------------------- the cache-dependent cores
-def causal_mask(T: int, S: int, device: torch.device | None = None) -> torch.Tensor:
-    """(T, S) bool, True where a query may NOT look: the T queries are the last T of S positions.
-
-    ``diagonal=S - T + 1`` keeps each query's own key visible (trap 15: diagonal 0 masks it).
-    """
-    return torch.ones(T, S, dtype=torch.bool, device=device).triu(diagonal=S - T + 1)
-
-
 def _softmax(scores: torch.Tensor, scale: float, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """softmax(scores * scale) over keys, in fp32, masked keys -inf. In place: scores is a fresh tensor."""
+    """softmax(scores * scale) over keys, in fp32, masked keys -inf.
+
+    In place: every caller passes a fresh product (q k^T), so nothing the caller keeps changes, and one decode
+    step creates no extra (B, H, T, S) tensor (lesson 04 counts the tensors a step creates)."""
     scores = scores.mul_(scale)
     if mask is not None:
         scores = scores.masked_fill_(mask, float("-inf"))
@@ -286,11 +282,4 @@ class MLA(nn.Module):
             )
         if cache is not None and not 0 <= self.layer_idx < len(cache.layers):
             raise ValueError(f"this is layer {self.layer_idx} but the cache has {len(cache.layers)} layers")
-        if cache is not None and cache.layers[self.layer_idx] is not None:
-            cached_b = cache.layers[self.layer_idx][0].shape[0]
-            if cached_b != x.shape[0]:
-                raise ValueError(
-                    f"the cache holds batch size {cached_b} but x has {x.shape[0]}: "
-                    "use one cache per batch (start a new cache for a new batch)"
-                )
         return impl

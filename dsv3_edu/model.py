@@ -19,7 +19,7 @@ from torch import nn
 from .config import ModelConfig
 from .layers import RMSNorm
 from .mla import MLA, LatentCache
-from .moe import MLP, MoE
+from .moe import MoE, SwiGLUMLP
 
 
 class DecoderLayer(nn.Module):
@@ -34,7 +34,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = MLA(config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MoE(config) if config.is_moe_layer(layer_idx) else MLP(config.hidden_size, config.intermediate_size)
+        self.mlp = (MoE(config) if config.is_moe_layer(layer_idx)
+                    else SwiGLUMLP(config.hidden_size, config.intermediate_size))
 
     def forward(self, x: torch.Tensor, cache: LatentCache | None = None, attn_impl: str | None = None) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cache=cache, attn_impl=attn_impl)
@@ -85,6 +86,15 @@ class Backbone(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
+    def forward(
+        self, input_ids: torch.Tensor, cache: LatentCache | None = None, attn_impl: str | None = None
+    ) -> torch.Tensor:
+        """Embedding and the main decoder layers; returns h^0 = the final RMSNorm's output (B, T, d)."""
+        h = self.embed_tokens(input_ids)  # (B, T, d)
+        for layer in self.layers:
+            h = layer(h, cache=cache, attn_impl=attn_impl)
+        return self.norm(h)
+
 
 @dataclass
 class ModelOutput:
@@ -115,19 +125,6 @@ class DeepSeekV3(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
         # RMSNorm weights start at one and the balancing bias at zero (their own constructors).
-
-    def save_pretrained(self, save_directory, **kwargs):
-        """Write config.json and safetensors in the released layout (see dsv3_edu.checkpoint.save_pretrained)."""
-        from .checkpoint import save_pretrained
-
-        return save_pretrained(self, save_directory, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, directory, **kwargs) -> DeepSeekV3:
-        """Load a checkpoint folder (see dsv3_edu.checkpoint.load_pretrained)."""
-        from .checkpoint import load_pretrained
-
-        return load_pretrained(directory, **kwargs)
 
     def new_cache(self) -> LatentCache:
         """An empty latent cache for every main layer and every MTP module."""
@@ -187,12 +184,9 @@ class DeepSeekV3(nn.Module):
     def backbone(
         self, input_ids: torch.Tensor, cache: LatentCache | None = None, attn_impl: str | None = None
     ) -> torch.Tensor:
-        """Embedding and the main decoder layers; returns h^0 = the final RMSNorm's output (B, T, d)."""
+        """Checked ids through ``self.model`` (Backbone): h^0 = the final RMSNorm's output (B, T, d)."""
         self._check_ids(input_ids)
-        h = self.model.embed_tokens(input_ids)  # (B, T, d)
-        for layer in self.model.layers:
-            h = layer(h, cache=cache, attn_impl=attn_impl)
-        return self.model.norm(h)
+        return self.model(input_ids, cache=cache, attn_impl=attn_impl)
 
     def mtp_forward(
         self,

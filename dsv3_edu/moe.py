@@ -28,8 +28,11 @@ from torch import nn
 from .config import ModelConfig
 
 
-class MLP(nn.Module):
-    """SwiGLU feed-forward: down(silu(gate(x)) * up(x)). Dense layers, routed and shared experts."""
+class SwiGLUMLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x)). Dense layers, routed and shared experts.
+
+    (Lesson 01's toy model uses a plain GELU feed-forward: ``dsv3_edu.attention.GeluMLP``.)
+    """
 
     def __init__(self, hidden_size: int, intermediate_size: int):
         super().__init__()
@@ -39,6 +42,34 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+MLP = SwiGLUMLP  # the name the released code and transformers give the dense FFN (DeepseekV3MLP)
+
+
+class GroupSelection(NamedTuple):
+    """What group-limited routing kept: see :func:`select_groups`."""
+
+    scores: torch.Tensor  # (N, E) the biased scores, -inf for every expert of a dropped group
+    group_scores: torch.Tensor  # (N, G) sum of the top-2 biased scores in each group
+    kept: torch.Tensor  # (N, G) bool: the topk_group groups each token may use
+
+
+def select_groups(biased_scores: torch.Tensor, n_group: int, topk_group: int) -> GroupSelection:
+    """Group-limited selection ([V3] eq 16 with node-limited routing, [OFF] ``Gate``): experts are split into
+    ``n_group`` contiguous groups (E/G each); a group's score is the sum of its top-2 biased scores s + b
+    (trap 3: V2 used the max); each token keeps its ``topk_group`` best groups, and every expert of a dropped
+    group gets -inf (trap 2: with negative biases a 0.0 would beat the kept experts).
+
+    ``biased_scores`` (N, E) -> :class:`GroupSelection` (masked scores (N, E), group scores and kept (N, G)).
+    """
+    N, E = biased_scores.shape
+    grouped = biased_scores.view(N, n_group, E // n_group)  # (N, G, E/G)
+    group_scores = grouped.topk(min(2, E // n_group), dim=-1).values.sum(dim=-1)  # (N, G)
+    keep_groups = group_scores.topk(topk_group, dim=-1).indices  # (N, M)
+    kept = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep_groups, True)  # (N, G)
+    expert_mask = kept.repeat_interleave(E // n_group, dim=1)  # (N, E)
+    return GroupSelection(biased_scores.masked_fill(~expert_mask, float("-inf")), group_scores, kept)
 
 
 class Gate(nn.Module):
@@ -77,13 +108,7 @@ class Gate(nn.Module):
         scores = logits.sigmoid()  # (N, E)  s, [V3] eq 15
         biased = scores + bias.float()  # (N, E)  s + b: used to choose, never to weigh
         if self.n_group > 1:
-            grouped = biased.view(-1, self.n_group, self.n_routed_experts // self.n_group)  # (N, G, E/G)
-            group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)  # (N, G)  sum of top-2 per group (V3)
-            keep_groups = group_scores.topk(self.topk_group, dim=-1).indices  # (N, M)
-            group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep_groups, True)  # (N, G)
-            expert_mask = group_mask.repeat_interleave(self.n_routed_experts // self.n_group, dim=1)  # (N, E)
-            # -inf, not 0.0: with negative biases a 0.0 would beat every kept expert (trap 2).
-            biased = biased.masked_fill(~expert_mask, float("-inf"))
+            biased = select_groups(biased, self.n_group, self.topk_group).scores  # dropped groups: -inf
         topk_idx = biased.topk(self.top_k, dim=-1).indices  # (N, K), best first
         topk_weight = scores.gather(1, topk_idx)  # (N, K)  from the UNBIASED s
         if self.norm_topk_prob:
@@ -123,10 +148,10 @@ class MoE(nn.Module):
         self.top_k = config.num_experts_per_tok
         self.gate = Gate(config)
         self.experts = nn.ModuleList(
-            MLP(config.hidden_size, config.moe_intermediate_size) for _ in range(config.n_routed_experts)
+            SwiGLUMLP(config.hidden_size, config.moe_intermediate_size) for _ in range(config.n_routed_experts)
         )
         self.shared_experts = (
-            MLP(config.hidden_size, config.moe_intermediate_size * config.n_shared_experts)
+            SwiGLUMLP(config.hidden_size, config.moe_intermediate_size * config.n_shared_experts)
             if config.n_shared_experts > 0
             else None
         )

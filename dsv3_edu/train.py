@@ -50,7 +50,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .balance import (
-    LoadTracker,
     max_violation,
     model_aux_loss,
     model_sequence_balance_loss,
@@ -66,7 +65,8 @@ from .checkpoint import (
     save_pretrained,
 )
 from .config import FIELD_NAMES, ModelConfig, read_config_json
-from .data import DOMAINS, BlockDataset
+from .data import BlockDataset
+from .evaluation import evaluate
 from .files import ensure_writable, fsync_dir, link_or_copy, remove_stale_temps, remove_tree, write_durably
 from .model import DeepSeekV3
 
@@ -267,67 +267,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError(f"device={device!r} is not usable on this machine ({str(err).splitlines()[0][:200]}); "
                          "use --device cpu") from None
     return dev
-
-
-@torch.no_grad()
-def evaluate(
-    model: DeepSeekV3, dataset: BlockDataset, batch_size: int = 16, blocks_per_domain: int | None = 16,
-    mtp_lambda: float = 0.3,
-) -> dict[str, Any]:
-    """Validation loss, next-token and MTP-draft accuracy per domain, and global expert loads (eval mode).
-
-    Returns ``val_loss`` (the training objective without balancing terms), ``val_main_loss``,
-    ``maxvio_global`` (mean over MoE layers of [LF] eq 4 on the loads of the whole set),
-    ``maxvio_global_layers``, ``domain_loads`` {domain: (L, E) lists} and ``domains`` {domain: {loss, acc,
-    mtp_acc}}. The model's train/eval mode is restored.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    tracker = LoadTracker(model) if moe_layers(model) else None
-    sums: dict[str, dict[str, float]] = {}
-    try:
-        for batch in dataset.eval_batches(batch_size, blocks_per_domain):
-            ids = batch.input_ids.to(device)
-            out = model(ids)
-            if tracker is not None:
-                tracker.update(batch.domains)
-            main = torch.nn.functional.cross_entropy(
-                out.logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none").mean(1)  # (B,)
-            correct = (out.logits[:, :-1].argmax(-1) == ids[:, 1:]).float().mean(1)  # (B,)
-            mtp = [torch.nn.functional.cross_entropy(lg[:, :-1].float().transpose(1, 2), ids[:, k + 1:],
-                                                     reduction="none").mean(1)
-                   for k, lg in enumerate(out.mtp_logits, 1)]
-            mtp_correct = ((out.mtp_logits[0][:, :-1].argmax(-1) == ids[:, 2:]).float().mean(1)
-                           if out.mtp_logits else None)
-            for i, domain in enumerate(batch.domains):
-                s = sums.setdefault(domain, {"n": 0, "loss": 0.0, "acc": 0.0, "mtp_loss": 0.0, "mtp_acc": 0.0})
-                s["n"] += 1
-                s["loss"] += float(main[i])
-                s["acc"] += float(correct[i])
-                if mtp:
-                    s["mtp_loss"] += sum(float(m[i]) for m in mtp) / len(mtp)
-                    s["mtp_acc"] += float(mtp_correct[i])
-    finally:
-        model.train(was_training)
-    n = sum(s["n"] for s in sums.values())
-    domains = {d: {k: s[k] / s["n"] for k in ("loss", "acc", "mtp_loss", "mtp_acc")} for d, s in sums.items()}
-    main_loss = sum(s["loss"] for s in sums.values()) / n
-    mtp_loss = sum(s["mtp_loss"] for s in sums.values()) / n
-    D = len(model.mtp)
-    result: dict[str, Any] = {
-        "val_loss": main_loss + (mtp_lambda * mtp_loss if D else 0.0),
-        "val_main_loss": main_loss,
-        "val_mtp_loss": mtp_loss if D else None,
-        "domains": domains,
-    }
-    if tracker is not None:
-        per_layer = tracker.max_violation()
-        result["maxvio_global"] = float(per_layer.mean())
-        result["maxvio_global_layers"] = [float(v) for v in per_layer]
-        result["domain_loads"] = {d: tracker.domain_loads[d].tolist() for d in DOMAINS if d in tracker.domain_loads}
-        result["layer_names"] = tracker.names
-    return result
 
 
 # -------------------------------------------------------------------------------- checkpoints

@@ -6,10 +6,12 @@ lesson cell and a widget callback draw the same picture.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from io import BytesIO
 
 import matplotlib.pyplot as plt
+import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -25,6 +27,14 @@ COLORS = {
     "mla": "tab:blue",
     "reference": "0.35",
 }
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}  # a widget's dtype menu
+CONTEXTS = tuple(1024 * 2**i for i in range(8))  # context lengths the widgets offer: 1K .. 128K tokens
+SPACE = "\u2423"  # how a space token is shown in labels
+
+
+def visible_token(label: str) -> str:
+    """A token's label as shown in a figure or table: a space becomes SPACE, anything else stays."""
+    return SPACE if label == " " else label
 
 
 def format_bytes(n: float) -> str:
@@ -47,10 +57,21 @@ def format_count(n: float) -> str:
     return f"{int(n)}"
 
 
-def fig_to_png(fig: Figure, dpi: int = 80) -> bytes:
-    """PNG bytes of a figure (for ipywidgets.Image), closing the figure so it is not shown twice."""
+def format_seconds(s: float) -> str:
+    """0.0123 -> '12.3 ms', 4.5e-6 -> '4.50 us', 2.5 -> '2.50 s' (3 significant digits)."""
+    for unit, size in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= size:
+            return f"{_three_digits(s / size)} {unit}"
+    return f"{s * 1e9:.0f} ns"
+
+
+def fig_to_png(fig: Figure, dpi: int = 80, tight: bool = True) -> bytes:
+    """PNG bytes of a figure (for ipywidgets.Image), closing the figure so it is not shown twice.
+
+    ``tight=False`` keeps the figure's own margins: no bbox_inches="tight", which draws the figure twice (half
+    the redraw time of a many-panel figure whose margins are already fixed)."""
     buf = BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return buf.getvalue()
 
@@ -155,9 +176,22 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+def whole_number(name: str, value, lo: int, hi: int) -> int:
+    """``value`` as an int if it is a whole number from lo to hi (not a bool), else a ValueError that names it
+    and the range: what a widget shows instead of a picture."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not lo <= value <= hi:
+        raise ValueError(f"{name}={value!r} is out of range: use a whole number from {lo:,} to {hi:,}")
+    return int(value)
+
+
 def error_html(message: str) -> str:
     """A message a widget shows instead of a traceback."""
     return f"<p style='color:#b00020'><b>Not drawn:</b> {message}</p>"
+
+
+def note_html(message: str) -> str:
+    """A note a widget shows above its output (a value it had to change, say)."""
+    return f"<p style='color:#8a5a00'><b>Note:</b> {message}</p>"
 
 
 def _tokens(n: int) -> str:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 import dsv3_edu.train as T
 from dsv3_edu import ModelConfig
-from dsv3_edu.checkpoint import CheckpointMismatchError, load_pretrained
+from dsv3_edu.checkpoint import CheckpointMismatchError, load_pretrained, save_pretrained
 from dsv3_edu.config import resolve_dtype
 from dsv3_edu.data import BlockDataset, documents, load_corpus
 from dsv3_edu.generate import generate, sample_next, speculative_generate
@@ -104,7 +104,7 @@ def saved(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt") / "tiny"
     torch.manual_seed(0)
     model = DeepSeekV3(ModelConfig.tiny())
-    model.save_pretrained(folder)
+    save_pretrained(model, folder)
     return folder, model
 
 

@@ -72,7 +72,7 @@ def test_released_layout_names(tmp_path):
                                        {"rope_scaling": YARN}])
 def test_round_trip_single_file_is_exact(tmp_path, overrides):
     model = make_model(**overrides)
-    model.save_pretrained(tmp_path)  # the method and the function are the same
+    save_pretrained(model, tmp_path)
     loaded = dsv3_edu.load_pretrained(tmp_path)
     assert_same_model(model, loaded)
     assert not loaded.training
@@ -97,7 +97,6 @@ def test_round_trip_sharded_is_exact(tmp_path):
         size = sum(t.numel() * t.element_size() for t in tensors.values())
         assert size <= 100_000 or len(tensors) == 1
     assert_same_model(model, load_pretrained(tmp_path))
-    assert_same_model(model, DeepSeekV3.from_pretrained(tmp_path))
 
 
 def test_resave_replaces_the_other_layout(tmp_path):
@@ -196,7 +195,7 @@ def test_trainer_checkpoint_resaves_in_released_layout(tmp_path):
     model = make_model()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "model.safetensors")
     model.config.save(tmp_path / "config.json")
-    load_pretrained(tmp_path).save_pretrained(tmp_path / "out")
+    save_pretrained(load_pretrained(tmp_path), tmp_path / "out")
     assert not any(n.startswith("mtp.") for n in on_disk_names(tmp_path / "out"))
     assert_same_model(model, load_pretrained(tmp_path / "out"))
 

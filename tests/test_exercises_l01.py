@@ -1,15 +1,9 @@
 """Lesson 01 checkers: accept the solutions, explain the typical mistakes, never crash on a stub."""
 
 import torch
-from exercise_helpers import run, stub
+from exercise_helpers import run
 
 from dsv3_edu.exercises import l01_attention as ex
-
-
-def test_stubs_do_not_crash(capsys):
-    for checker in (ex.check_kv_cache_bytes, ex.check_append, ex.check_repeat_kv, ex.check_pick_kv_heads):
-        ok, out = run(capsys, checker, stub)
-        assert not ok and "Not done yet" in out
 
 
 def test_kv_cache_bytes(capsys):

@@ -9,12 +9,6 @@ from dsv3_edu.mla import MLA, expand_kv
 from dsv3_edu.rope import apply_rope
 
 
-def test_stubs_do_not_crash(capsys):
-    for checker in (ex.check_mla_cache_bytes, ex.check_split_kv_b, ex.check_cache_entry):
-        ok, out = run(capsys, checker, stub)
-        assert not ok and "Not done yet" in out
-
-
 def test_solution_matches_the_package_numbers():
     v3 = ModelConfig.deepseek_v3()
     assert ex.solution_mla_cache_bytes(v3, 1, 1, 2) == 70_272

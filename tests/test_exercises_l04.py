@@ -1,7 +1,7 @@
 """Lesson 04 checkers: accept the solutions, explain the typical mistakes, never crash on a stub."""
 
 import torch
-from exercise_helpers import run, stub
+from exercise_helpers import run
 
 from dsv3_edu.exercises import l04_absorption as ex
 
@@ -9,11 +9,6 @@ from dsv3_edu.exercises import l04_absorption as ex
 def w_uk_of(q, w):
     return w.view(q.shape[1], -1, w.shape[-1])[:, : q.shape[-1]]
 
-
-def test_stubs_do_not_crash(capsys):
-    for checker in (ex.check_absorb_query, ex.check_fold_output, ex.check_decode_cache_bytes, ex.check_choose_path):
-        ok, out = run(capsys, checker, stub)
-        assert not ok and "Not done yet" in out
 
 
 def test_absorb_query(capsys):

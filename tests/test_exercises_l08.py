@@ -1,15 +1,9 @@
 """Lesson 08 checkers: accept the solutions, explain the typical mistakes, never crash on a stub."""
 
 import torch
-from exercise_helpers import run, stub
+from exercise_helpers import run
 
 from dsv3_edu.exercises import l08_speculative as ex
-
-
-def test_stubs_do_not_crash(capsys):
-    for checker in (ex.check_accept, ex.check_tokens_per_forward, ex.check_verify):
-        ok, out = run(capsys, checker, stub)
-        assert not ok and "Not done yet" in out
 
 
 def test_accept(capsys):

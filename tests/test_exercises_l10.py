@@ -20,15 +20,6 @@ def run(capsys, checker, answer):
     return out.startswith("Correct"), out
 
 
-def test_stubs_do_not_crash(capsys):
-    for checker in (ex.check_mla_layer_parameters, ex.check_gpus_for_weights, ex.check_max_context):
-        ok, out = run(capsys, checker, stub)
-        assert not ok and "Not done yet" in out
-    ok, out = run(capsys, ex.check_paper_symbols, {name: None for name in ex.CHECKPOINT_NAMES})
-    assert not ok and "Not done yet" in out
-    ok, out = run(capsys, ex.check_paper_symbols, None)
-    assert not ok and "Give a dict" in out
-
 
 def test_solutions_agree_with_the_package():
     for (config,) in ex._MLA_CASES:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dsv3_edu.config import ModelConfig
-from dsv3_edu.moe import MLP, Gate, MoE, moe_reference_forward
+from dsv3_edu.moe import Gate, MoE, SwiGLUMLP, moe_reference_forward, select_groups
 
 torch.set_num_threads(1)
 
@@ -127,7 +127,7 @@ def test_bias_is_a_float32_buffer_not_a_parameter():
 
 def test_mlp_is_swiglu():
     torch.manual_seed(3)
-    mlp = MLP(6, 10)
+    mlp = SwiGLUMLP(6, 10)
     x = torch.randn(3, 6)
     hidden = torch.nn.functional.silu(x @ mlp.gate_proj.weight.T) * (x @ mlp.up_proj.weight.T)
     expected = hidden @ mlp.down_proj.weight.T
@@ -227,3 +227,27 @@ def test_matches_transformers_deepseek_v3_moe():
         torch.testing.assert_close(idx.sort(1).values, hf_idx.sort(1).values, rtol=0, atol=0)
         torch.testing.assert_close(w.gather(1, idx.argsort(1)), hf_w.gather(1, hf_idx.argsort(1)))
         torch.testing.assert_close(ours(x), hf(x), rtol=1e-5, atol=1e-5)
+
+
+def test_select_groups_by_hand():
+    # 8 experts in 4 groups of 2; group scores (top-2 sums): 0.40, -0.80, 0.00, -0.80 -> keep groups 0 and 2
+    biased = torch.tensor([[0.25, 0.15, -0.45, -0.35, 0.05, -0.05, -0.55, -0.25]])
+    sel = select_groups(biased, n_group=4, topk_group=2)
+    torch.testing.assert_close(sel.group_scores, torch.tensor([[0.40, -0.80, 0.00, -0.80]]))
+    assert sel.kept.tolist() == [[True, False, True, False]]
+    inf = float("-inf")
+    torch.testing.assert_close(sel.scores, torch.tensor([[0.25, 0.15, inf, inf, 0.05, -0.05, inf, inf]]))
+    # the group score is the sum of the top-2, not the max: one star expert loses to two good ones
+    two = select_groups(torch.tensor([[0.95, 0.10, 0.0, 0.60, 0.55, 0.0]]), n_group=2, topk_group=1)
+    assert two.kept.tolist() == [[False, True]]
+
+
+def test_gate_routes_only_inside_the_selected_groups():
+    torch.manual_seed(0)
+    config = ModelConfig.tiny(n_routed_experts=16, n_group=4, topk_group=2, num_experts_per_tok=4)
+    gate = Gate(config)
+    gate.e_score_correction_bias.normal_(0, 0.5)
+    x = torch.randn(50, config.hidden_size)
+    topk_idx, _, scores = gate(x)
+    kept = select_groups(scores + gate.e_score_correction_bias, 4, 2).kept  # (N, G)
+    assert kept.gather(1, topk_idx // 4).all()

@@ -17,6 +17,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM  # noqa: E402
 
 from dsv3_edu import generate, load_pretrained  # noqa: E402
+from dsv3_edu.checkpoint import save_pretrained  # noqa: E402
 from dsv3_edu.config import ModelConfig  # noqa: E402
 from dsv3_edu.model import DeepSeekV3  # noqa: E402
 
@@ -95,7 +96,7 @@ def test_our_checkpoint_loads_in_transformers(tmp_path):
     ours = DeepSeekV3(ModelConfig.tiny(initializer_range=0.1, rope_scaling=yarn, num_nextn_predict_layers=1))
     with torch.no_grad():
         set_biases(ours, 2)
-    ours.eval().save_pretrained(tmp_path)
+    save_pretrained(ours.eval(), tmp_path)
     hf = DeepseekV3ForCausalLM.from_pretrained(tmp_path, attn_implementation="eager", eos_token_id=None).eval()
     assert sum(p.numel() for p in hf.parameters()) == sum(
         p.numel() for n, p in ours.named_parameters() if not n.startswith("mtp."))  # MTP ignored, nothing else

@@ -38,8 +38,9 @@ import torch
 
 from ..config import DATA_DIR, ModelConfig
 from ..files import OutputPathError, atomic_write_text, ensure_writable
-from ..moe import MLP, MoE, moe_reference_forward
+from ..moe import MoE, SwiGLUMLP, moe_reference_forward
 from ..train import PRESETS, TrainConfig, positive_int, preset, train
+from .timing import median_seconds, timed
 
 RESULTS_PATH = DATA_DIR / "balance_runs" / "results.json"
 MODES = ("none", "aux_loss", "loss_free", "loss_free_seq")
@@ -62,9 +63,7 @@ def run_balance(balance: str, steps: int, gamma: float = 1e-3, eval_blocks_per_d
     if eval_blocks_per_domain is not None:
         overrides["eval_blocks_per_domain"] = eval_blocks_per_domain
     model_config, train_config = preset("balance", **overrides)
-    start = time.perf_counter()
-    _, history = train(model_config, train_config, progress=False)
-    seconds = time.perf_counter() - start
+    seconds, _, (_, history) = timed(train, model_config, train_config, progress=False)
     final = history[-1]
     return {
         "balance": balance,
@@ -83,19 +82,6 @@ def run_balance(balance: str, steps: int, gamma: float = 1e-3, eval_blocks_per_d
     }
 
 
-def _median_seconds(fns: dict[str, Any], repeats: int) -> dict[str, float]:
-    """Median wall time of each function, timed in interleaved rounds (a busy neighbour slows all alike)."""
-    for fn in fns.values():
-        fn()  # warm-up
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(s) for name, s in samples.items()}
-
-
 # One MoE layer big enough that matmuls, not Python, dominate: 16 experts, 2 active, 1 shared.
 DISPATCH_CONFIG = dict(hidden_size=512, moe_intermediate_size=256, n_routed_experts=16, num_experts_per_tok=2,
                        n_shared_experts=1, n_group=4, topk_group=4)
@@ -112,13 +98,13 @@ def time_dispatch(tokens: int = 2048, loop_tokens: int | None = 512, repeats: in
     torch.manual_seed(0)
     moe = MoE(config).eval()
     dense_hidden = config.moe_intermediate_size * (config.num_experts_per_tok + config.n_shared_experts)
-    dense = MLP(config.hidden_size, dense_hidden).eval()
+    dense = SwiGLUMLP(config.hidden_size, dense_hidden).eval()
     x = torch.randn(1, tokens, config.hidden_size)
     loop_tokens = tokens if loop_tokens is None else min(loop_tokens, tokens)
     with torch.no_grad():
         torch.testing.assert_close(moe(x[:, :64]), moe_reference_forward(moe, x[:, :64]), rtol=1e-4, atol=1e-5)
-        fast = _median_seconds({"vectorized": lambda: moe(x), "dense": lambda: dense(x)}, repeats)
-        loop = _median_seconds({"loop": lambda: moe_reference_forward(moe, x[:, :loop_tokens])}, 3)["loop"]
+        fast = median_seconds({"vectorized": lambda: moe(x), "dense": lambda: dense(x)}, repeats)
+        loop = median_seconds({"loop": lambda: moe_reference_forward(moe, x[:, :loop_tokens])}, 3)["loop"]
     vectorized, dense_s = fast["vectorized"], fast["dense"]
     loop *= tokens / loop_tokens
     return {

@@ -21,32 +21,19 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 from functools import partial
 from pathlib import Path
 
 import torch
 
 from ..config import ModelConfig
+from ..costmodel import Machine, decode_step_cost
 from ..files import OutputPathError, ensure_writable
 from ..mla import MLA, absorbed_attention, causal_mask, expand_kv, expanded_attention, naive_attention
 from . import write_json
+from .timing import median_seconds
 
 BLOCK = 128  # query rows per block in prefill
-
-
-def median_seconds(fn, repeats: int) -> float:
-    """Median wall time of fn(); a first run warms up unless it is slow enough to count."""
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    samples = [first] if first > 0.5 else []
-    while len(samples) < repeats:
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
 
 
 def measure_machine(repeats: int = 5) -> tuple[float, float]:
@@ -59,16 +46,11 @@ def measure_machine(repeats: int = 5) -> tuple[float, float]:
 
 
 def roofline_decode_seconds(config: ModelConfig, S: int, bandwidth: float, gflops: float) -> dict[str, float]:
-    """Predicted cache-dependent decode time per path: max(bytes / bandwidth, flops / matmul speed), fp32."""
-    H, C, D, R, V = (config.num_attention_heads, config.kv_lora_rank, config.qk_nope_head_dim,
-                     config.qk_rope_head_dim, config.v_head_dim)
-    expanded_values = S * H * (D + R + V)
-    absorbed_bytes = 4 * (S * (C + R) + H * (D + V) * C)  # latent cache + W^UK, W^UV
-    absorbed_flops = 2 * H * (D * C + S * (C + R) + S * C + C * V)
-    return {
-        "expanded": max(4 * expanded_values / bandwidth, 2 * expanded_values / gflops) / 1e9,
-        "absorbed": max(absorbed_bytes / bandwidth, absorbed_flops / gflops) / 1e9,
-    }
+    """Predicted cache-dependent decode time per path (dsv3_edu.costmodel's roofline, fp32, without the new
+    token's expansion, as this benchmark times it): bandwidth in GB/s, matmul speed in GFLOP/s."""
+    machine = Machine("this CPU", bandwidth=bandwidth * 1e9, flops=gflops * 1e9, bytes_per_value=4)
+    return {path: decode_step_cost(config, S, path, bytes_per_value=4, new_token=False).seconds(machine)
+            for path in ("expanded", "absorbed")}
 
 
 def _blocks(T: int, S: int):

@@ -34,6 +34,7 @@ from ..data import DOMAINS, ByteTokenizer, documents, load_corpus
 from ..files import OutputPathError, ensure_writable
 from ..generate import generate, speculative_generate
 from . import write_json
+from .timing import timed
 
 SHIPPED = DATA_DIR / "tiny-dsv3"
 TARGETS = {"identical": True, "acceptance_rate": 0.6, "speedup": 1.3}
@@ -50,19 +51,6 @@ def prompts(per_domain: int, prompt_bytes: int = 32) -> list[tuple[str, torch.Te
     return out
 
 
-def _timed(fn, *args, **kwargs):
-    t0 = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return time.perf_counter() - t0, result
-
-
-def _timed_both(fn, *args, **kwargs):
-    """(wall seconds, CPU seconds of this process, result): CPU time is what a busy machine cannot inflate."""
-    c0 = time.process_time()
-    wall, result = _timed(fn, *args, **kwargs)
-    return wall, time.process_time() - c0, result
-
-
 def decode_benchmark(model, cases, new_tokens: int, repeats: int, attn_impl: str | None = None) -> dict:
     """Both decoders on every prompt; best of ``repeats`` wall times per prompt and decoder."""
     generate(model, cases[0][1], 8, attn_impl=attn_impl)  # warm up
@@ -71,10 +59,10 @@ def decode_benchmark(model, cases, new_tokens: int, repeats: int, attn_impl: str
     for domain, ids in cases:
         t_greedy, t_spec, c_greedy, c_spec = [], [], [], []
         for _ in range(repeats):  # alternate, so a slow moment hits both
-            t, c, greedy = _timed_both(generate, model, ids, new_tokens, attn_impl=attn_impl)
+            t, c, greedy = timed(generate, model, ids, new_tokens, attn_impl=attn_impl)
             t_greedy.append(t)
             c_greedy.append(c)
-            t, c, (spec, stats) = _timed_both(speculative_generate, model, ids, new_tokens, attn_impl=attn_impl)
+            t, c, (spec, stats) = timed(speculative_generate, model, ids, new_tokens, attn_impl=attn_impl)
             t_spec.append(t)
             c_spec.append(c)
         rows.append({

@@ -6,8 +6,11 @@ cell echoes nothing) and never raises on a stub. ``solution_xxx`` is one answer.
 
 from __future__ import annotations
 
+import math
+
 from ..accounting import count_parameters
 from ..config import ModelConfig
+from ._common import NOT_DONE, call_learner, checker
 
 # ----------------------------------------------------------------------------------------------
 # Exercise 1: the active fraction
@@ -19,6 +22,7 @@ def solution_active_fraction() -> float:
     return counts["active"] / counts["total"]
 
 
+@checker
 def check_active_fraction(answer) -> None:
     """answer: active parameters per token / total parameters of the main model, as a fraction."""
     want = solution_active_fraction()
@@ -27,6 +31,9 @@ def check_active_fraction(answer) -> None:
         return
     if isinstance(answer, bool) or not isinstance(answer, (int, float)):
         print(f"Give a number (a fraction such as 0.25), not {type(answer).__name__}.")
+        return
+    if not math.isfinite(answer):
+        print(f"answer is {answer}, not a finite number: divide the active count by the total.")
         return
     if abs(answer - 100 * want) < 0.05:
         print("That looks like a percentage: give the fraction (divide by 100).")
@@ -58,16 +65,12 @@ def solution_moe_layer_params(config: ModelConfig) -> int:
     return (config.n_routed_experts + config.n_shared_experts) * expert + router
 
 
+@checker
 def check_moe_layer_params(fn) -> None:
     """fn(config) -> parameters of one MoE layer's feed-forward (no norms, no attention)."""
     for config in (ModelConfig.deepseek_v3(), ModelConfig.tiny(), ModelConfig.tiny(n_shared_experts=2)):
-        try:
-            got = fn(config)
-        except NotImplementedError:
-            print("Not done yet: replace `raise NotImplementedError(...)` with your code, then run this cell again.")
-            return
-        except Exception as err:  # the learner's code: report, do not crash the notebook
-            print(f"Your function raised {type(err).__name__}: {err}")
+        got = call_learner(fn, config)
+        if got is NOT_DONE:
             return
         want = solution_moe_layer_params(config)
         if got == want:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from ._common import NOT_DONE as _NOT_DONE
-from ._common import as_number
 from ._common import call_learner as _call
+from ._common import checker, diagnose, run_cases
 
 
 def _heads(n: int) -> str:
@@ -53,21 +53,21 @@ _BYTES_MISTAKES = (
 def _diagnose_bytes(results) -> str:
     """The one typical mistake that explains every case, else the factor of the first wrong case."""
     wrong = next(r for r in results if r[1] != r[2])
-    for factor, text in _BYTES_MISTAKES:
-        if all(abs(got - want * factor(case)) <= 1e-9 * want for case, got, want in results):
-            return text(wrong[0])
+    scaled = [(lambda *case, f=factor: solution_kv_cache_bytes(*case) * f(case), lambda _, t=text: t(wrong[0]))
+              for factor, text in _BYTES_MISTAKES]
+    found = diagnose(results, scaled)
+    if found:
+        return found
     case, got, want = wrong
     return f"off by a factor of {got / want:.4g}; write it as 2 x layers x kv_heads x head_dim x bytes x tokens x batch"
 
 
+@checker
 def check_kv_cache_bytes(fn) -> None:
     """fn(n_layers, n_kv_heads, head_dim, bytes_per_value, tokens, batch) -> bytes of K and V together."""
-    results = []
-    for case in _BYTES_CASES:
-        got = _call(fn, *case)
-        if got is _NOT_DONE or (got := as_number(got)) is None:
-            return
-        results.append((case, got, solution_kv_cache_bytes(*case)))
+    results = run_cases(fn, _BYTES_CASES, solution_kv_cache_bytes)
+    if results is None:
+        return
     wrong = [r for r in results if r[1] != r[2]]
     if wrong:
         case, got, want = wrong[0]
@@ -90,6 +90,7 @@ def solution_append(cache_k, k_new):
     return k_new if cache_k is None else torch.cat([cache_k, k_new], dim=2)
 
 
+@checker
 def check_append(fn) -> None:
     """fn(cache_k, k_new) -> the cache with k_new appended along the sequence axis (dim 2)."""
     gen = torch.Generator().manual_seed(0)
@@ -144,6 +145,7 @@ def solution_repeat_kv(x, n_rep):
     return x.repeat_interleave(n_rep, dim=1)
 
 
+@checker
 def check_repeat_kv(fn) -> None:
     """fn(x (B, G, S, D), n_rep) -> (B, G*n_rep, S, D); K/V head g serves query heads g*n_rep .. g*n_rep+n_rep-1."""
     x = torch.arange(2 * 2 * 3 * 2, dtype=torch.float32).view(2, 2, 3, 2)  # K/V heads are easy to tell apart
@@ -193,12 +195,13 @@ _PICK_CASES = (  # (n_heads, n_layers, head_dim, bytes_per_value, tokens, batch,
 )
 
 
+@checker
 def check_pick_kv_heads(fn) -> None:
     """fn(n_heads, n_layers, head_dim, bytes_per_value, tokens, batch, budget_bytes) -> best n_kv or None."""
     for case in _PICK_CASES:
         n_heads, n_layers, head_dim, bpv, tokens, batch, budget = case
         want = solution_pick_kv_heads(*case)
-        got = _call(fn, *case)
+        got = _call(fn, *case, none_ok=True)  # None is the answer when nothing fits
         if got is _NOT_DONE:
             return
         where = f"n_heads={n_heads}, budget {budget / 2**30:.2f} GiB, {tokens:,} tokens x batch {batch}"

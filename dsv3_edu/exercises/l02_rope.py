@@ -14,25 +14,12 @@ import torch
 
 from ..rope import apply_rope, deinterleave, yarn_correction_range
 from ._common import NOT_DONE as _NOT_DONE
+from ._common import as_tensor, checker, close
 from ._common import call_learner as _call
 
 
-def _as_tensor(got, want: torch.Tensor, what: str):
-    """The learner's result as a float64 tensor of want's shape, or None after printing why not."""
-    if got is None:
-        print("Your function returned None: did you forget `return`?")
-        return None
-    if not isinstance(got, torch.Tensor):
-        print(f"Return a tensor, not {type(got).__name__}.")
-        return None
-    if tuple(got.shape) != tuple(want.shape):
-        print(f"Expected shape {tuple(want.shape)} {what}, got {tuple(got.shape)}.")
-        return None
-    return got.detach().double()
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> bool:
-    return bool(((a.double() - b.double()).abs() <= tol * (1 + b.double().abs())).all())
+def _close_rope(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return close(a, b, rtol=1e-4, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -84,6 +71,7 @@ _ROPE_MISTAKES = (
 )
 
 
+@checker
 def check_rope_vector(fn) -> None:
     """fn(x (R,), m, base) -> x rotated as DeepSeek-V3 does: interleaved pairs, theta_i = base^(-2i/R)."""
     gen = torch.Generator().manual_seed(0)
@@ -93,17 +81,17 @@ def check_rope_vector(fn) -> None:
         got = _call(fn, x.clone(), m, base, hint="x is a 1-D tensor of R values; m an int; base a float.")
         if got is _NOT_DONE:
             return
-        got = _as_tensor(got, want, "(R,), the same as x")
+        got = as_tensor(got, want.shape, "the rotated vector: (R,), like x")
         if got is None:
             return
-        if _close(got, want):
+        if _close_rope(got, want):
             continue
         where = f"For R={R}, m={m}, base={base:g}"
-        if m and _close(got, x):
+        if m and _close_rope(got, x):
             print(f"{where}: you returned x unchanged; rotate pair i by the angle m * theta_i.")
             return
         for variant, text in _ROPE_MISTAKES:
-            if _close(got, _rotate(x, m, base, **variant)):
+            if _close_rope(got, _rotate(x, m, base, **variant)):
                 print(f"{where}: {text}.")
                 return
         if not math.isclose(got.norm().item(), x.norm().item(), rel_tol=1e-4):
@@ -145,6 +133,7 @@ def _scores(w_q, w_k, h, interleaved):
     return q @ k.T
 
 
+@checker
 def check_half_split_weights(fn) -> None:
     """fn(w (R, d_in)) -> (R, d_in) such that half-split RoPE on the new rows gives the scores that
     interleaved RoPE gives on the old ones (apply it to both W^QR and W^KR)."""
@@ -158,12 +147,12 @@ def check_half_split_weights(fn) -> None:
         got = _call(fn, w.clone(), hint="w is (R, d_in), the rope rows of a projection (nn.Linear weight layout).")
         if got is _NOT_DONE:
             return
-        got = _as_tensor(got, w, "(R, d_in): the same rows, reordered")
+        got = as_tensor(got, w.shape, "the same rows of w, reordered: (R, d_in)")
         if got is None:
             return
         new.append(got)
     want = _scores(w_q, w_k, h, interleaved=True)
-    if _close(_scores(new[0], new[1], h, interleaved=False), want, 1e-5):
+    if close(_scores(new[0], new[1], h, interleaved=False), want, rtol=1e-5, atol=1e-5):
         print(f"Correct: rows (0, 2, 4, 6 | 1, 3, 5, 7) of an R={R} rope block. Half-split code now gives the "
               "scores the interleaved checkpoint was trained with (to float rounding).")
         return
@@ -214,6 +203,7 @@ def _raw_range(bf, bs, dim, base, L, two_pi=True, half=False):
     return tuple(width * math.log(L / (c * b)) / (2 * math.log(base)) for b in (bf, bs))
 
 
+@checker
 def check_correction_range(fn) -> None:
     """fn(beta_fast, beta_slow, dim, base, original_max) -> (low, high), two ints."""
     for case in _RANGE_CASES:
@@ -222,9 +212,6 @@ def check_correction_range(fn) -> None:
         if got is _NOT_DONE:
             return
         where = "For (beta_fast, beta_slow, dim, base, original_max) = ({}, {}, {}, {:g}, {:,})".format(*case)
-        if got is None:
-            print("Your function returned None: did you forget `return`?")
-            return
         try:
             low, high = got
         except (TypeError, ValueError):
@@ -299,6 +286,7 @@ def _runs(indices) -> str:
     return ", ".join(out) if out else "none"
 
 
+@checker
 def check_pair_treatment(answer) -> None:
     """answer = {"kept": [...], "blended": [...], "interpolated": [...]} for PAIR_QUESTION's rope."""
     q = PAIR_QUESTION

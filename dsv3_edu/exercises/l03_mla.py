@@ -12,8 +12,8 @@ import torch
 from ..config import ModelConfig
 from ..mla import MLA
 from ._common import NOT_DONE as _NOT_DONE
-from ._common import as_number
 from ._common import call_learner as _call
+from ._common import checker, diagnose, run_cases
 
 # ----------------------------------------------------------------------------------------------
 # Exercise 1: MLA's cache in bytes
@@ -51,10 +51,10 @@ def _mistakes(c: ModelConfig):
 
 def _diagnose_bytes(results) -> str:
     """The one typical mistake that explains every case, else the factor of the first wrong case."""
-    for k, (_, text) in enumerate(_mistakes(results[0][0][0])):  # what one token and layer holds
-        if all(got == _mistakes(case[0])[k][0] * case[0].num_hidden_layers * case[1] * case[2] * case[3]
-               for case, got, _ in results):
-            return text
+    wrong = next(r for r in results if r[1] != r[2])
+    per_token = [  # what a mistaken count of one token and layer gives for a whole case
+        (lambda *case, k=k: _mistakes(case[0])[k][0] * case[0].num_hidden_layers * case[1] * case[2] * case[3], text)
+        for k, (_, text) in enumerate(_mistakes(results[0][0][0]))]
     factors = (
         (lambda case: 1 / case[0].num_hidden_layers,
          lambda case: f"{case[0].num_hidden_layers} times too small: every one of the "
@@ -67,23 +67,22 @@ def _diagnose_bytes(results) -> str:
         (lambda case: 1 / case[1], lambda case: f"the cache grows with every token (tokens={case[1]})"),
         (lambda case: 1 / case[2], lambda case: f"each sequence in the batch has its own cache (batch={case[2]})"),
     )
-    wrong = next(r for r in results if r[1] != r[2])
-    for factor, text in factors:
-        if all(abs(got - want * factor(case)) <= 1e-9 * want for case, got, want in results):
-            return text(wrong[0])
+    scaled = [(lambda *case, f=factor: solution_mla_cache_bytes(*case) * f(case), lambda _, t=text: t(wrong[0]))
+              for factor, text in factors]
+    found = diagnose(results, per_token + scaled)
+    if found:
+        return found
     case, got, want = wrong
     return (f"off by a factor of {got / want:.4g}; write it as (kv_lora_rank + qk_rope_head_dim) x "
             "num_hidden_layers x tokens x batch x bytes_per_value")
 
 
+@checker
 def check_mla_cache_bytes(fn) -> None:
     """fn(config, tokens, batch, bytes_per_value) -> bytes of MLA's cache over the main model's layers."""
-    results = []
-    for case in _BYTES_CASES:
-        got = _call(fn, *case)
-        if got is _NOT_DONE or (got := as_number(got)) is None:
-            return
-        results.append((case, got, solution_mla_cache_bytes(*case)))
+    results = run_cases(fn, _BYTES_CASES, solution_mla_cache_bytes)
+    if results is None:
+        return
     wrong = [r for r in results if r[1] != r[2]]
     if wrong:
         (config, tokens, batch, bpv), got, want = wrong[0]
@@ -110,6 +109,7 @@ def solution_split_kv_b(weight, n_heads, qk_nope_head_dim, v_head_dim):
 _SPLIT_CASES = ((3, 4, 6, 5), (4, 8, 8, 16))  # (n_heads, qk_nope_head_dim, v_head_dim, kv_lora_rank)
 
 
+@checker
 def check_split_kv_b(fn) -> None:
     """fn(weight (H*(D+V), C), n_heads, qk_nope_head_dim, v_head_dim) -> (w_uk (H, D, C), w_uv (H, V, C))."""
     gen = torch.Generator().manual_seed(0)
@@ -181,6 +181,7 @@ def _components_off(*args, **kwargs):
     raise RuntimeError("mla.components is switched off in this exercise: build c_kv and k_r from the weights")
 
 
+@checker
 def check_cache_entry(fn) -> None:
     """fn(mla, h (B, T, d)) -> (c_kv (B, T, C), k_r (B, T, R)): exactly what a LatentCache stores."""
     from ..rope import apply_rope

@@ -11,33 +11,15 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelConfig
-from ..widgets.absorption import attention_flops
+from ..costmodel import attention_flops
 from ._common import NOT_DONE as _NOT_DONE
-from ._common import as_number
+from ._common import as_number, as_tensor, checker, close
 from ._common import call_learner as _call
 
 V3 = ModelConfig.deepseek_v3()
 # DeepSeek-V3's attention sizes: heads, latent d_c, nope d_h, rope d_h^R, value d_h.
 H3, C3, D3, R3, V3_DIM = 128, 512, 128, 64, 128
 
-
-
-def _tensor_or_say(got, want_shape, what: str) -> bool:
-    """True if got is a tensor of want_shape; else print why not."""
-    if got is None:
-        print("Your function returned None: did you forget `return`?")
-        return False
-    if not isinstance(got, torch.Tensor):
-        print(f"Return a tensor, not {type(got).__name__}.")
-        return False
-    if tuple(got.shape) != tuple(want_shape):
-        print(f"Expected {what} of shape {tuple(want_shape)}, got {tuple(got.shape)}.")
-        return False
-    return True
-
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -55,6 +37,7 @@ def solution_absorb_query(q_nope, kv_b_weight):
     return torch.einsum("bhtd,hdc->bhtc", q_nope, w_uk)
 
 
+@checker
 def check_absorb_query(fn) -> None:
     """fn(q_nope (B, H, T, D), kv_b_weight (H*(D+V), C)) -> q~ (B, H, T, C)."""
     gen = torch.Generator().manual_seed(0)
@@ -71,23 +54,23 @@ def check_absorb_query(fn) -> None:
         print(f"Expected shape {(B, H, T, C)} (B, H, T, C), got {tuple(got.shape)}: you summed over the heads. "
               "Keep h in the output: each head has its own W^UK_h and its own q~.")
         return
-    if not _tensor_or_say(got, want.shape, "q~ (B, H, T, C)"):
+    if as_tensor(got, want.shape, "q~ (B, H, T, C)") is None:
         return
-    if _close(got, want):
+    if close(got, want):
         print(f"Correct: q~ = W^UK^T q^C, {tuple(q_nope.shape)} -> {tuple(got.shape)}. At DeepSeek-V3 sizes each "
               f"head's 128-wide q^C becomes a 512-wide q~, and q~ . c_s equals q^C . k^C_s for every cached s.")
         return
     wrong_rows = torch.einsum("bhtd,hdc->bhtc", q_nope, kv_b[: H * D].view(H, D, C))
     wrong_major = torch.einsum("bhtd,dhc->bhtc", q_nope, kv_b.view(D + V, H, C)[:D])
     head0 = torch.einsum("bhtd,dc->bhtc", q_nope, kv_b[:D])
-    if _close(got, wrong_rows):
+    if close(got, wrong_rows):
         print("You took the first H*D rows of kv_b_proj as W^UK. Its rows are grouped per head, "
               "[W^UK_0 (D rows); W^UV_0 (V rows); W^UK_1; ...]: view(H, D+V, C) first, then [:, :D].")
-    elif _close(got, wrong_major):
+    elif close(got, wrong_major):
         print("You viewed kv_b_proj as (D+V, H, C): the head is the outer index. view(H, D+V, C), then [:, :D].")
-    elif _close(got, head0):
+    elif close(got, head0):
         print("Every head used head 0's W^UK. Each head h has its own block W^UK_h: keep h in the einsum.")
-    elif _close(got, want * (D + 2) ** -0.5) or _close(got, want * (D + V) ** -0.5) or _close(got, want * D**-0.5):
+    elif close(got, want * (D + 2) ** -0.5) or close(got, want * (D + V) ** -0.5) or close(got, want * D**-0.5):
         print("Right direction, but scaled: leave the softmax scale out. It multiplies the whole score "
               "(q~ . c + q^R . k^R) once, with the same 1/sqrt(d_h + d_h^R) as the naive path (trap 7).")
     else:
@@ -109,6 +92,7 @@ def solution_fold_output(w_uv, w_o):
     return torch.einsum("ehv,hvc->ehc", w_o.view(w_o.shape[0], H, V), w_uv)
 
 
+@checker
 def check_fold_output(fn) -> None:
     """fn(w_uv (H, V, C), w_o (d, H*V)) -> folded (d, H, C) with u = einsum('bhtc,ehc->bte', o_lat, folded)."""
     gen = torch.Generator().manual_seed(1)
@@ -121,27 +105,27 @@ def check_fold_output(fn) -> None:
     if got is _NOT_DONE:
         return
     want = solution_fold_output(w_uv, w_o)
-    if isinstance(got, torch.Tensor) and tuple(got.shape) == (d, H * C) and _close(got.view(d, H, C), want):
+    if isinstance(got, torch.Tensor) and tuple(got.shape) == (d, H * C) and close(got.view(d, H, C), want):
         print(f"Right numbers, but return shape (d, H, C) = {(d, H, C)}, not {tuple(got.shape)}: .view(d, H, C).")
         return
     if isinstance(got, torch.Tensor) and tuple(got.shape) == (H, d, C):
         print(f"Expected shape (d, H, C) = {(d, H, C)}, got (H, d, C) = {tuple(got.shape)}: put the output "
               "dimension d first, as in o_proj.weight.")
         return
-    if not _tensor_or_say(got, want.shape, "the folded matrix (d, H, C)"):
+    if as_tensor(got, want.shape, "the folded matrix (d, H, C)") is None:
         return
     o_lat = torch.randn(B, H, T, C, generator=gen)
     o = torch.einsum("bhtc,hvc->bhtv", o_lat, w_uv)  # (B, H, T, V): the per-head outputs
     unfolded = torch.einsum("bhtv,ehv->bte", o, w_o.view(d, H, V))  # o_proj on [o_1; ...; o_H]
     folded_out = torch.einsum("bhtc,ehc->bte", o_lat, got.float())
-    if _close(folded_out, unfolded):
+    if close(folded_out, unfolded):
         print("Correct: u = sum_h (W^O_h W^UV_h) o~_h, the same output without ever forming o_h. At DeepSeek-V3 "
               f"sizes the folded matrix has 7168 x 128 x 512 = {7168 * H3 * C3:,} values per layer, against "
               f"{7168 * H3 * V3_DIM + H3 * V3_DIM * C3:,} for W^O and W^UV apart (3.7x): the official code keeps "
               "them apart.")
         return
     wrong_order = torch.einsum("evh,hvc->ehc", w_o.view(d, V, H), w_uv)
-    if _close(got, wrong_order):
+    if close(got, wrong_order):
         print("You viewed w_o as (d, V, H). Its columns are head by head, [o_1 (V values); o_2; ...], because the "
               "module flattens (B, T, H, V) to (B, T, H*V): view(d, H, V).")
     else:
@@ -200,6 +184,7 @@ def _bytes_mistakes(path, context, batch, bpv):
     return latent
 
 
+@checker
 def check_decode_cache_bytes(fn) -> None:
     """fn(path, context, batch, bytes_per_value) -> bytes read from the cache in one decode step of one layer."""
     for case in _BYTES_CASES:
@@ -254,6 +239,7 @@ def _gflop(T, S, path) -> str:
     return f"{attention_flops(V3, T, S, path) / 1e9:,.1f}"
 
 
+@checker
 def check_choose_path(fn) -> None:
     """fn(T, S) -> "naive" or "absorbed": the path with fewer FLOPs for T new tokens (the last T of S positions)."""
     answers = {}

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from ..moe import select_groups
 from ..viz import text_table
 from ._common import NOT_DONE as _NOT_DONE
+from ._common import as_tensor, checker, close
 from ._common import call_learner as _call
 
 
@@ -17,21 +19,8 @@ def _fmt(t: torch.Tensor) -> str:
     return "[" + ", ".join(f"{v:.3f}" for v in t.tolist()) + "]"
 
 
-def _check_tensor(got, want_shape: tuple[int, ...], what: str) -> bool:
-    if got is None:
-        print("Your function returned None: did you forget `return`?")
-        return False
-    if not isinstance(got, torch.Tensor):
-        print(f"Return a tensor ({what}), not {type(got).__name__}.")
-        return False
-    if tuple(got.shape) != want_shape:
-        print(f"Expected shape {want_shape} ({what}), got {tuple(got.shape)}.")
-        return False
-    return True
-
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-5)
+def _close_moe(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return close(a, b, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -41,8 +30,7 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def solution_group_scores(biased: torch.Tensor, n_group: int) -> torch.Tensor:
     """(N, E) selection scores s + b -> (N, G): per group of E/G consecutive experts, the sum of its top-2."""
-    N, E = biased.shape
-    return biased.view(N, n_group, E // n_group).topk(2, dim=-1).values.sum(dim=-1)
+    return select_groups(biased, n_group, topk_group=n_group).group_scores
 
 
 def _group_cases() -> list[tuple[torch.Tensor, int]]:
@@ -70,6 +58,7 @@ _GROUP_MISTAKES = (
 )
 
 
+@checker
 def check_group_scores(fn) -> None:
     """fn(biased (N, E), n_group) -> group scores (N, G): the sum of the top-2 biased scores in each group."""
     for biased, G in _group_cases():
@@ -83,12 +72,12 @@ def check_group_scores(fn) -> None:
             print(f"Expected shape {(N, G)} (one score per group), got {tuple(got.shape)}: you reduced over the "
                   f"wrong axis. With view(N, G, E // G) reduce dim -1 (the {E // G} experts of each group).")
             return
-        if not _check_tensor(got, (N, G), "one score per token and group"):
+        if as_tensor(got, (N, G), "the group scores (one per token and group)") is None:
             return
-        if _close(got, want):
+        if _close_moe(got, want):
             continue
         for wrong, text in _GROUP_MISTAKES:
-            if _close(got, wrong(biased, G)):
+            if _close_moe(got, wrong(biased, G)):
                 print(f"With {G} groups of {E // G}: {text}.")
                 return
         print(f"With {G} groups of {E // G}, token 0: expected {_fmt(want[0])}, got {_fmt(got[0])}. "
@@ -141,6 +130,7 @@ def _gate_mistakes(scores, bias, idx, scale):
     )
 
 
+@checker
 def check_gate_weights(fn) -> None:
     """fn(scores (N, E), bias (E,), topk_idx (N, K), routed_scaling_factor) -> gate weights (N, K)."""
     scores, bias, idx, scale = _gate_case()
@@ -149,14 +139,14 @@ def check_gate_weights(fn) -> None:
                 hint="scores.gather(1, topk_idx) picks the s of the chosen experts, shape (N, K).")
     if got is _NOT_DONE:
         return
-    if not _check_tensor(got, tuple(want.shape), "one weight per token and chosen expert, (N, K)"):
+    if as_tensor(got, want.shape, "one gate weight per token and chosen expert, (N, K)") is None:
         return
-    if _close(got, want):
+    if _close_moe(got, want):
         print(f"Correct: token 0 chose experts {idx[0].tolist()} with weights {_fmt(want[0])} (sum 2.5). The "
               f"bias picked them; the unbiased s weighs them.")
         return
     for wrong, text in _gate_mistakes(scores, bias, idx, scale):
-        if _close(got, wrong):
+        if _close_moe(got, wrong):
             print(f"Token 0 (experts {idx[0].tolist()}): expected {_fmt(want[0])}, got {_fmt(got[0])}: {text}.")
             return
     print(f"Token 0 (experts {idx[0].tolist()}): expected {_fmt(want[0])}, got {_fmt(got[0])}. "
@@ -218,6 +208,7 @@ def solution_spot_the_bug() -> str:
     return "B"
 
 
+@checker
 def check_spot_the_bug(answer) -> None:
     """answer: the letter of BUG_CHOICES that explains the printed routing output."""
     if answer is None:

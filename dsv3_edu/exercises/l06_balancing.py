@@ -9,24 +9,8 @@ from __future__ import annotations
 import torch
 
 from ._common import NOT_DONE as _NOT_DONE
+from ._common import as_tensor, checker
 from ._common import call_learner as _call
-
-
-def _as_tensor(got, what: str, shape: tuple[int, ...] | None = None):
-    """The learner's answer as a float64 tensor, or None after printing why it is not usable."""
-    if got is None:
-        print(f"Your function returned None: did you forget `return`? (Return {what}.)")
-        return None
-    if isinstance(got, (int, float)) and not isinstance(got, bool):
-        got = torch.tensor(float(got))
-    if not isinstance(got, torch.Tensor):
-        print(f"Return {what} as a torch.Tensor, not {type(got).__name__}")
-        return None
-    if shape is not None and tuple(got.shape) != shape:
-        print(f"Wrong shape: expected {what} of shape {shape}, got {tuple(got.shape)}")
-        return None
-    return got.detach().double()
-
 
 # ----------------------------------------------------------------------------------------------
 # Exercise 1: the bias update by hand ([LF] Alg. 1, [V3] 2.1.2)
@@ -59,6 +43,7 @@ _BY_HAND_MISTAKES = (
 )
 
 
+@checker
 def check_bias_by_hand(answer) -> None:
     """answer: the 4 biases after step 3 (a list or a tensor)."""
     if answer is None:
@@ -124,13 +109,14 @@ def _vio_mistakes(loads):
     )
 
 
+@checker
 def check_max_violation(fn) -> None:
     """fn(loads (E,)) -> MaxVio as a float (or a 0-dim tensor)."""
     for loads in _VIO_CASES:
         got = _call(fn, loads.clone(), hint="loads are integers: convert with loads.float() before taking the mean.")
         if got is _NOT_DONE:
             return
-        got = _as_tensor(got, "a number", None)
+        got = as_tensor(got, what="MaxVio (a number)", numbers_ok=True)
         if got is None:
             return
         if got.numel() != 1:
@@ -164,6 +150,7 @@ def solution_steps_to_flip() -> tuple[int, int]:
     return tuple(round(FLIP_GAP / (2 * g)) for g in FLIP_GAMMAS)
 
 
+@checker
 def check_steps_to_flip(answer) -> None:
     """answer: (steps with gamma = 1e-3, steps with gamma = 1e-4)."""
     if answer is None:
@@ -244,6 +231,7 @@ def _seq_mistakes(scores, topk_idx, alpha):
     )
 
 
+@checker
 def check_sequence_balance_loss(fn) -> None:
     """fn(scores (B, T, E), topk_idx (B, T, K), alpha) -> the scalar loss."""
     scores, topk_idx, alpha = _seq_cases()
@@ -251,7 +239,7 @@ def check_sequence_balance_loss(fn) -> None:
                 "(scatter_add_ or one_hot), normalize the scores over experts, average over T.")
     if got is _NOT_DONE:
         return
-    got = _as_tensor(got, "a scalar loss", None)
+    got = as_tensor(got, what="the loss (a scalar)", numbers_ok=True)
     if got is None:
         return
     if got.numel() != 1:

@@ -11,18 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ._common import NOT_DONE as _NOT_DONE
+from ._common import as_int_list, checker
 from ._common import call_learner as _call
-
-
-def _as_ints(x) -> list[int] | None:
-    """A list of ints from a list, tuple, range or 1-D integer tensor; None if it is none of those."""
-    if isinstance(x, torch.Tensor):
-        if x.dim() != 1 or x.is_floating_point():
-            return None
-        return [int(v) for v in x.tolist()]
-    if isinstance(x, (list, tuple, range)) and all(isinstance(v, int) and not isinstance(v, bool) for v in x):
-        return [int(v) for v in x]
-    return None
 
 
 def _as_float(x) -> float | None:
@@ -48,6 +38,7 @@ def solution_mtp_indices(T, k):
 _INDEX_CASES = ((8, 1), (8, 2), (6, 3), (4, 3), (2, 1))
 
 
+@checker
 def check_mtp_indices(fn) -> None:
     """fn(T, k) -> (positions, fed, targets): three lists of token indices (0-based) for MTP depth k."""
     for T, k in _INDEX_CASES:
@@ -55,14 +46,11 @@ def check_mtp_indices(fn) -> None:
         if got is _NOT_DONE:
             return
         where = f"T={T}, k={k}"
-        if got is None:
-            print("Your function returned None: did you forget `return`?")
-            return
         if not isinstance(got, (tuple, list)) or len(got) != 3:
             print(f"{where}: return three sequences (positions, fed, targets), not {type(got).__name__}"
                   + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else "") + ".")
             return
-        pos, fed, tgt = (_as_ints(x) for x in got)
+        pos, fed, tgt = (as_int_list(x) for x in got)
         if pos is None or fed is None or tgt is None:
             print(f"{where}: each of positions, fed, targets must be a list (or 1-D integer tensor) of token indices.")
             return
@@ -129,6 +117,7 @@ def _ce(logits, targets, reduction="mean"):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction=reduction)
 
 
+@checker
 def check_depth_loss(fn) -> None:
     """fn(mtp_logits_k (B, T-k, V), labels (B, T), k) -> the mean cross-entropy of depth k (a scalar)."""
     for logits, labels, k in _loss_cases():
@@ -138,9 +127,6 @@ def check_depth_loss(fn) -> None:
                     f"(B, T) = {tuple(labels.shape)}: slice both to the T-k-1 = {T - k - 1} positions that have "
                     "a target before calling F.cross_entropy.")
         if got is _NOT_DONE:
-            return
-        if got is None:
-            print("Your function returned None: did you forget `return`?")
             return
         value = _as_float(got)
         if value is None:
@@ -198,6 +184,7 @@ _TOTAL_CASES = (  # (main, [mtp per depth], lambda)
 )
 
 
+@checker
 def check_total_loss(fn) -> None:
     """fn(main_loss, mtp_losses (a list, one per depth), mtp_lambda) -> L_main + lambda/D sum_k L_MTP^k."""
     for main, mtp, lam in _TOTAL_CASES:
@@ -206,9 +193,6 @@ def check_total_loss(fn) -> None:
         got = _call(fn, main_t, mtp_t, lam, hint="with no MTP module (D = 0, an empty list) the loss is the main "
                     "loss." if not mtp else "")
         if got is _NOT_DONE:
-            return
-        if got is None:
-            print("Your function returned None: did you forget `return`?")
             return
         value = _as_float(got)
         if value is None:

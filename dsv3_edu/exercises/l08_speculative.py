@@ -12,21 +12,8 @@ import math
 import torch
 
 from ._common import NOT_DONE as _NOT_DONE
+from ._common import as_int_list, checker
 from ._common import call_learner as _call
-
-
-def _as_ints(x) -> list[int] | None:
-    """A list of ints from a list, tuple or 1-D integer tensor; None if it is none of those."""
-    if isinstance(x, torch.Tensor):
-        if x.dim() > 1 or x.is_floating_point():
-            return None
-        return [int(v) for v in x.reshape(-1).tolist()]
-    if isinstance(x, (list, tuple)) and all(
-        (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, torch.Tensor) and v.numel() == 1
-                                                               and not v.is_floating_point()) for v in x):
-        return [int(v) for v in x]
-    return None
-
 
 # ----------------------------------------------------------------------------------------------
 # Exercise 1: the accept rule of greedy verification
@@ -45,6 +32,7 @@ def solution_accept(draft, main_choices):
 _ACCEPT_CASES = ((42, (42, 7)), (42, (9, 7)), (5, (5, 5)), (5, (6, 5)), (0, (3, 0)))
 
 
+@checker
 def check_accept(fn) -> None:
     """fn(draft: int, main_choices: (int, int)) -> list of the tokens this step appends to the output."""
     for draft, choices in _ACCEPT_CASES:
@@ -52,10 +40,7 @@ def check_accept(fn) -> None:
         if got is _NOT_DONE:
             return
         where = f"draft={draft}, main_choices={choices}"
-        if got is None:
-            print("Your function returned None: did you forget `return`?")
-            return
-        toks = _as_ints(got)
+        toks = as_int_list(got)
         if toks is None:
             print(f"{where}: return a list of token ids (ints), got {type(got).__name__}.")
             return
@@ -104,6 +89,7 @@ def solution_tokens_per_forward(alpha, k):
 _TPF_CASES = ((0.8, 1), (0.85, 1), (0.8, 3), (0.5, 2), (0.0, 2), (1.0, 3))
 
 
+@checker
 def check_tokens_per_forward(fn) -> None:
     """fn(alpha, k) -> expected new tokens per main-model forward (a float)."""
     for alpha, k in _TPF_CASES:
@@ -112,9 +98,6 @@ def check_tokens_per_forward(fn) -> None:
         if got is _NOT_DONE:
             return
         where = f"alpha={alpha}, k={k}"
-        if got is None:
-            print("Your function returned None: did you forget `return`?")
-            return
         if isinstance(got, torch.Tensor) and got.numel() == 1:
             got = float(got)
         if isinstance(got, bool) or not isinstance(got, (int, float)) or not math.isfinite(got):
@@ -171,6 +154,7 @@ def _verify_model():
     return DeepSeekV3(config).eval()
 
 
+@checker
 def check_verify(fn) -> None:
     """fn(model, cache, x_m, draft) -> tokens appended (list of ints); it must leave the cache holding exactly the
     tokens of the output except the newest one. The checker plays the drafter: some drafts are the main model's
@@ -210,10 +194,7 @@ def check_verify(fn) -> None:
         if got is _NOT_DONE:
             return
         where = f"step {step} (x_m at position m = {m}, draft {'wrong' if wrong else 'right'})"
-        if got is None:
-            print("Your function returned None: did you forget `return`?")
-            return
-        toks = _as_ints(got)
+        toks = as_int_list(got)
         if toks is None:
             print(f"{where}: return the appended tokens as a list of ints, got {type(got).__name__}.")
             return

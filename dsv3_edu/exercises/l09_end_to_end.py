@@ -14,18 +14,8 @@ import torch
 
 from ..config import ModelConfig
 from ._common import NOT_DONE as _NOT_DONE
+from ._common import as_int, as_int_list, checker
 from ._common import call_learner as _call
-
-
-def _as_int(x) -> int | None:
-    if isinstance(x, torch.Tensor) and x.numel() == 1 and not x.is_floating_point():
-        return int(x)
-    if isinstance(x, int) and not isinstance(x, bool):
-        return x
-    if isinstance(x, float) and x.is_integer():
-        return int(x)
-    return None
-
 
 # ----------------------------------------------------------------------------------------------
 # Exercise 1: the latent cache in bytes after N tokens
@@ -50,6 +40,7 @@ def _cache_cases() -> list[tuple[str, ModelConfig, int, torch.dtype]]:
     ]
 
 
+@checker
 def check_cache_bytes(fn) -> None:
     """fn(config, n_tokens, dtype) -> bytes in the latent cache after ``n_tokens`` tokens (prompt + generated)."""
     for where, cfg, n, dtype in _cache_cases():
@@ -58,10 +49,7 @@ def check_cache_bytes(fn) -> None:
                     "config.num_hidden_layers; bytes per value: torch.empty((), dtype=dtype).element_size()")
         if got is _NOT_DONE:
             return
-        if got is None:
-            print("Your function returned None: did you forget `return`?")
-            return
-        value = _as_int(got)
+        value = as_int(got)
         if value is None:
             print(f"Return one whole number of bytes (an int), not {type(got).__name__} {got!r}.")
             return
@@ -123,16 +111,7 @@ def _fake_tracker() -> SimpleNamespace:
                            names=["model.layers.1.mlp", "model.layers.2.mlp", "mtp.0.mlp"])
 
 
-def _as_int_list(x) -> list[int] | None:
-    if isinstance(x, torch.Tensor):
-        if x.dim() != 1 or x.is_floating_point():
-            return None
-        return [int(v) for v in x.tolist()]
-    if isinstance(x, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in x):
-        return [int(v) for v in x]
-    return None
-
-
+@checker
 def check_busiest_experts(fn, tracker=None) -> None:
     """fn(tracker, domain) -> one expert id per MoE layer. Checked on a small made-up tracker; with ``tracker``
     (a real LoadTracker) the answer on it is printed too."""
@@ -141,10 +120,7 @@ def check_busiest_experts(fn, tracker=None) -> None:
     got = _call(fn, fake, "arithmetic", hint="tracker.domain_loads['arithmetic'] is (layers, experts)")
     if got is _NOT_DONE:
         return
-    if got is None:
-        print("Your function returned None: did you forget `return`?")
-        return
-    ids = _as_int_list(got)
+    ids = as_int_list(got)
     L, E = fake.loads.shape
     if ids is None:
         if isinstance(got, int) or (isinstance(got, torch.Tensor) and got.numel() == 1):
@@ -215,6 +191,7 @@ def _top_k_softmax(x: torch.Tensor, top_k: int | None) -> torch.Tensor:
     return x.softmax(-1)
 
 
+@checker
 def check_sample(fn) -> None:
     """fn(logits (B, V), temperature, top_k or None, generator) -> (B,) token ids. Checked on many draws from one
     distribution: greedy at temperature 0, nothing outside the top k, frequencies close to softmax(logits / T)."""
@@ -223,9 +200,6 @@ def check_sample(fn) -> None:
     got = _call(fn, logits.clone(), 0.0, None, torch.Generator().manual_seed(0),
                 hint="at temperature 0, return logits.argmax(dim=-1)")
     if got is _NOT_DONE:
-        return
-    if got is None:
-        print("Your function returned None: did you forget `return`?")
         return
     if not isinstance(got, torch.Tensor):
         print(f"Return a tensor of token ids, shape (B,) = ({B},); got {type(got).__name__}.")

@@ -11,36 +11,11 @@ import math
 
 from ..accounting import count_parameters
 from ..config import ModelConfig
-from ._common import NOT_DONE as _NOT_DONE
-from ._common import as_number
-from ._common import call_learner as _call
+from ._common import checker, diagnose, run_cases, same_number
 
 GiB = 2**30
 
 
-
-
-def _run_cases(fn, cases, solution, hint=""):
-    """[(case, got, want)] or None (after printing why) when the function is a stub, raises, or returns junk."""
-    results = []
-    for case in cases:
-        got = _call(fn, *case, hint=hint)
-        if got is _NOT_DONE or (value := as_number(got)) is None:
-            return None
-        results.append((case, value, solution(*case)))
-    return results
-
-
-def _same(a, b) -> bool:
-    return a == b or (isinstance(a, float) or isinstance(b, float)) and math.isclose(a, b, rel_tol=1e-9)
-
-
-def _diagnose(results, mistakes) -> str | None:
-    """The explanation of the one typical mistake that reproduces every answer, if any."""
-    for wrong, text in mistakes:
-        if all(_same(got, wrong(*case)) for case, got, _ in results):
-            return text if isinstance(text, str) else text(results)
-    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,13 +77,14 @@ _MLA_MISTAKES = (
 )
 
 
+@checker
 def check_mla_layer_parameters(fn) -> None:
     """fn(config) -> the number of parameters of one MLA layer (attention only, without the block's norms)."""
     hint = "with q_lora_rank None there is one q_proj (d -> n_h (d_h + d_h^R)) and no q_a_layernorm."
-    results = _run_cases(fn, _MLA_CASES, solution_mla_layer_parameters, hint=hint)
+    results = run_cases(fn, _MLA_CASES, solution_mla_layer_parameters, hint=hint)
     if results is None:
         return
-    wrong = [r for r in results if not _same(r[1], r[2])]
+    wrong = [r for r in results if not same_number(r[1], r[2])]
     if not wrong:
         print(f"Correct: {results[0][2]:,} parameters per MLA layer of DeepSeek-V3; x 61 layers = "
               f"{61 * results[0][2]:,}, the 'attention' line of count_parameters.")
@@ -118,7 +94,7 @@ def check_mla_layer_parameters(fn) -> None:
           f"q_lora_rank={config.q_lora_rank}, kv_lora_rank={config.kv_lora_rank}, "
           f"qk_nope/rope/v = {config.qk_nope_head_dim}/{config.qk_rope_head_dim}/{config.v_head_dim}: "
           f"expected {want:,}, got {got:,}.")
-    reason = _diagnose(results, _MLA_MISTAKES)
+    reason = diagnose(results, _MLA_MISTAKES)
     recipe = ("add up seven tensors: q_a_proj (d x d_c'), q_a_layernorm (d_c'), q_b_proj (d_c' x n_h (d_h + d_h^R)), "
               "kv_a_proj_with_mqa (d x (d_c + d_h^R)), kv_a_layernorm (d_c), kv_b_proj (d_c x n_h (qk_nope_head_dim "
               "+ v_head_dim)), o_proj (n_h v_head_dim x d)")
@@ -191,6 +167,7 @@ def _role(name: str) -> str:
     return next(text for key, text in _ROLE.items() if key in name)
 
 
+@checker
 def check_paper_symbols(answers) -> None:
     """answers: {checkpoint name: a key of SYMBOL_MENU} for every name of CHECKPOINT_NAMES."""
     if not isinstance(answers, dict):
@@ -264,20 +241,21 @@ _GPU_MISTAKES = (
 )
 
 
+@checker
 def check_gpus_for_weights(fn) -> None:
     """fn(config, bytes_per_param, gpu_bytes) -> the fewest GPUs whose memory holds the main model's weights."""
-    results = _run_cases(fn, _GPU_CASES, solution_gpus_for_weights,
+    results = run_cases(fn, _GPU_CASES, solution_gpus_for_weights,
                          hint="dsv3_edu.accounting.count_parameters(config) has the counts.")
     if results is None:
         return
-    wrong = [r for r in results if not _same(r[1], r[2])]
+    wrong = [r for r in results if not same_number(r[1], r[2])]
     if not wrong:
         print("Correct: 8 GPUs of 80 GiB at FP8 (1 byte per parameter), 9 of 141 GiB at BF16. A real server also "
               "needs room for the KV cache and activations, so 8 x 80 GiB is not enough in practice.")
         return
     (config, b, g), got, want = wrong[0]
     print(f"For {b} byte(s) per parameter and {g / GiB:g} GiB per GPU: expected {want} GPUs, got {got}.")
-    print("Hint: " + (_diagnose(results, _GPU_MISTAKES) or "count_parameters(config)['total'] x bytes_per_param, "
+    print("Hint: " + (diagnose(results, _GPU_MISTAKES) or "count_parameters(config)['total'] x bytes_per_param, "
                                                            "divided by gpu_bytes, rounded up") + ".")
 
 
@@ -330,12 +308,13 @@ _CONTEXT_MISTAKES = (
 )
 
 
+@checker
 def check_max_context(fn) -> None:
     """fn(config, free_bytes, batch, bytes_per_value) -> the most tokens per sequence whose MLA cache fits."""
-    results = _run_cases(fn, _CONTEXT_CASES, solution_max_context)
+    results = run_cases(fn, _CONTEXT_CASES, solution_max_context)
     if results is None:
         return
-    wrong = [r for r in results if not _same(r[1], r[2])]
+    wrong = [r for r in results if not same_number(r[1], r[2])]
     if not wrong:
         config, free, batch, n = _CONTEXT_CASES[0]
         expanded = _CONTEXT_MISTAKES[0][0](config, free, batch, n)
@@ -347,4 +326,4 @@ def check_max_context(fn) -> None:
     print(f"For {free / GiB:g} GiB free, batch {batch}, {n} byte(s) per value, {config.num_hidden_layers} layers: "
           f"expected {want:,} tokens, got {got:,}.")
     recipe = "free_bytes // (batch x (kv_lora_rank + qk_rope_head_dim) x num_hidden_layers x bytes_per_value)"
-    print("Hint: " + (_diagnose(results, _CONTEXT_MISTAKES) or recipe) + ".")
+    print("Hint: " + (diagnose(results, _CONTEXT_MISTAKES) or recipe) + ".")

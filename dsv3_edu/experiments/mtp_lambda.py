@@ -36,10 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from ..checkpoint import save_pretrained
 from ..config import DATA_DIR, ModelConfig
-from ..data import DOMAINS, BlockDataset
+from ..data import BlockDataset
+from ..evaluation import evaluate_mtp  # noqa: F401  (lesson 07 and older callers import it from here)
 from ..model import DeepSeekV3
 from ..train import TrainConfig, train
 
@@ -66,68 +67,6 @@ def model_dir_name(depth: int, mtp_lambda: float) -> str:
 
 
 # ------------------------------------------------------------------------------------ evaluation
-
-
-@torch.no_grad()
-def evaluate_mtp(
-    model: DeepSeekV3, dataset: BlockDataset, batch_size: int = 16, blocks_per_domain: int | None = 16,
-) -> dict[str, Any]:
-    """Validation metrics of the main model and of every MTP depth, pooled over tokens and per domain.
-
-    Depth k at position i predicts t_{i+k+1} (``mtp_logits[k-1][:, i]``). Per depth: ``mtp_loss``
-    (cross-entropy), ``mtp_acc`` (its argmax is t_{i+k+1}: the draft is right) and ``agree`` (its argmax
-    equals the main model's argmax at position i+k, which predicts the same token from the same tokens
-    t_0..t_{i+k}: with greedy decoding, the rate at which the main model would accept the draft).
-    Returns ``main_loss``, ``main_acc``, lists ``mtp_loss``, ``mtp_acc``, ``agree`` (index k-1) and
-    ``domains`` {domain: the same keys}. The model's train/eval mode is restored.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    D = len(model.mtp)
-    sums: dict[str, dict[str, Any]] = {}
-    try:
-        for batch in dataset.eval_batches(batch_size, blocks_per_domain):
-            ids = batch.input_ids.to(device)  # (B, T)
-            out = model(ids)
-            main_logits = out.logits[:, :-1].float()  # (B, T-1, V): position i predicts ids[i+1]
-            main_pred = main_logits.argmax(-1)  # (B, T-1)
-            per_seq = {
-                "main_loss": F.cross_entropy(main_logits.transpose(1, 2), ids[:, 1:], reduction="none").sum(1),
-                "main_acc": (main_pred == ids[:, 1:]).float().sum(1),
-                "main_n": torch.full((ids.shape[0],), float(ids.shape[1] - 1)),
-            }
-            for k, logits in enumerate(out.mtp_logits, 1):
-                logits = logits[:, :-1].float()  # (B, T-k-1, V): position i predicts ids[i+k+1]
-                target = ids[:, k + 1 :]
-                pred = logits.argmax(-1)
-                per_seq[f"mtp_loss{k}"] = F.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(1)
-                per_seq[f"mtp_acc{k}"] = (pred == target).float().sum(1)
-                per_seq[f"agree{k}"] = (pred == main_pred[:, k:]).float().sum(1)  # main at i+k
-                per_seq[f"mtp_n{k}"] = torch.full((ids.shape[0],), float(target.shape[1]))
-            for b, domain in enumerate(batch.domains):
-                s = sums.setdefault(domain, {})
-                for key, values in per_seq.items():
-                    s[key] = s.get(key, 0.0) + float(values[b])
-    finally:
-        model.train(was_training)
-
-    def metrics(s: dict[str, float]) -> dict[str, Any]:
-        return {
-            "main_loss": s["main_loss"] / s["main_n"],
-            "main_acc": s["main_acc"] / s["main_n"],
-            "mtp_loss": [s[f"mtp_loss{k}"] / s[f"mtp_n{k}"] for k in range(1, D + 1)],
-            "mtp_acc": [s[f"mtp_acc{k}"] / s[f"mtp_n{k}"] for k in range(1, D + 1)],
-            "agree": [s[f"agree{k}"] / s[f"mtp_n{k}"] for k in range(1, D + 1)],
-        }
-
-    total: dict[str, float] = {}
-    for s in sums.values():
-        for key, value in s.items():
-            total[key] = total.get(key, 0.0) + value
-    result = metrics(total)
-    result["domains"] = {d: metrics(sums[d]) for d in DOMAINS if d in sums}
-    return result
 
 
 # ------------------------------------------------------------------------------------------- runs
@@ -202,7 +141,7 @@ def run_experiment(
                   + ", ".join(f"{v:.4f}" for v in f["mtp_loss"]) + ", draft acc "
                   + ", ".join(f"{v:.3f}" for v in f["mtp_acc"]) + f"  ({record['seconds']:.0f} s)", flush=True)
         if depth == 2 and seed == seeds[0]:
-            model.save_pretrained(out / model_dir_name(depth, lam))
+            save_pretrained(model, out / model_dir_name(depth, lam))
     train_config = TrainConfig(**{**TRAIN, **overrides})
     results = {
         "description": "Tiny DeepSeek-V3 trained with L = L_main + lambda/D sum_k L_MTP^k for several lambda "

@@ -2,9 +2,7 @@
 message, sums are scored right, loads and histories are drawn."""
 
 import json
-import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import matplotlib
 
@@ -12,18 +10,17 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from widget_helpers import assert_refused  # noqa: E402
 
-from dsv3_edu import DeepSeekV3, generate, load_pretrained  # noqa: E402
+from dsv3_edu import DeepSeekV3, generate  # noqa: E402
 from dsv3_edu.balance import LoadTracker  # noqa: E402
-from dsv3_edu.data import ByteTokenizer, documents, load_corpus  # noqa: E402
+from dsv3_edu.data import ByteTokenizer  # noqa: E402
 from dsv3_edu.train import preset  # noqa: E402
-from dsv3_edu.widgets.inspect_model import (  # noqa: E402
-    ANSWER_PATTERNS,
+from dsv3_edu.widgets.l09_end_to_end import (  # noqa: E402
     DOMAIN_PROMPTS,
     generation_explorer,
     generation_html,
     generation_view,
-    greedy_answers_right,
     load_history,
     plot_domain_loads,
     plot_generation,
@@ -92,7 +89,7 @@ def test_html_and_plot(model):
     fig = plot_generation(gen)
     assert len(fig.axes) == 1 and len(fig.axes[0].patches) == 8
     matplotlib.pyplot.close(fig)
-    from dsv3_edu.widgets.inspect_model import Generation
+    from dsv3_edu.widgets.l09_end_to_end import Generation
 
     fake = Generation("sums:\n", "2+2=4\n3+3=7\n", [1], ["2"], [0.5])
     assert "complete sums a+b=c in the text: 1 of 2 right" in generation_html(fake)
@@ -118,9 +115,7 @@ def test_every_control_redraws(model):
 def test_out_of_range_shows_a_message_not_a_traceback(model):
     box = generation_explorer(model, domain="prose", max_new_tokens=5)
     image = box.image.value
-    box.controls["prompt"].value = ""
-    assert "Not drawn" in box.html.value and "prompt is empty" in box.html.value
-    assert box.image.value == image  # the last valid picture stays
+    assert_refused(box, "prompt", "", "prompt is empty")
     box.controls["prompt"].value = "x" * 510
     assert "Not drawn" in box.html.value and "max_position_embeddings=512" in box.html.value
     box.controls["prompt"].value = "Mia"
@@ -156,40 +151,3 @@ def test_history_loads_and_plots(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"steps": 3}))
     with pytest.raises(ValueError, match="training records"):
         load_history(tmp_path / "bad.json")
-
-
-class NextTokenOracle(torch.nn.Module):
-    """Predicts the true next token, except the digit "1" right after "=" (it says "2")."""
-
-    def forward(self, ids, mtp=False):
-        nxt = torch.roll(ids, -1, dims=1)
-        wrong = (ids == ord("=")) & (nxt == ord("1"))
-        nxt = torch.where(wrong, torch.full_like(nxt, ord("2")), nxt)
-        return SimpleNamespace(logits=torch.nn.functional.one_hot(nxt, 260).float())
-
-
-def test_greedy_answers_right_reads_teacher_forced_predictions():
-    texts = ["sums:\n2+2=4\n7+8=15\n", "sums:\n1+1=2\n3+3=6", "99+1=100\n"]
-    pattern = ANSWER_PATTERNS["sums a+b"]
-    oracle = NextTokenOracle()
-    # 2+2=4 right; 7+8=15 wrong (the "1"); 1+1=2 right; 3+3=6 has no newline: not asked; 99+1=100 wrong
-    assert greedy_answers_right(oracle, texts, pattern) == [True, False, True, False]
-    assert greedy_answers_right(oracle, texts, pattern, batch_size=1) == [True, False, True, False]
-    with pytest.raises(ValueError, match="named group"):
-        greedy_answers_right(oracle, texts, re.compile(r"\d+"))
-
-
-@pytest.mark.skipif(not (SHIPPED / "model.safetensors").exists(), reason="the shipped model is not there yet")
-def test_greedy_answers_right_equals_generation_on_the_shipped_model():
-    model = load_pretrained(SHIPPED)
-    tok = ByteTokenizer()
-    docs = [d for d in documents(load_corpus("validation")["csv"]) if d.startswith("item,")][:2]
-    pattern = ANSWER_PATTERNS["csv total = price x qty"]
-    by_generation = []
-    for doc in docs:
-        for m in pattern.finditer(doc):
-            ids = torch.tensor([tok.encode(doc[: m.start("ans")])])
-            said = tok.decode(generate(model, ids, 5, eos_token_id=ord("\n"))[0, ids.shape[1]:]).rstrip("\n")
-            by_generation.append(said == m.group("ans"))
-    assert greedy_answers_right(model, docs, pattern) == by_generation
-    assert len(by_generation) > 5 and any(by_generation)

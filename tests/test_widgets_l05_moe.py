@@ -6,9 +6,10 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from widget_helpers import assert_redraws, assert_refused  # noqa: E402
 
 from dsv3_edu.data import load_corpus  # noqa: E402
-from dsv3_edu.widgets import routing as R  # noqa: E402
+from dsv3_edu.widgets import l05_moe as R  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -19,7 +20,7 @@ def test_corpus_tokens_come_from_the_corpus():
     assert len(tokens.ids) == len(tokens.labels) == len(tokens.domains) == sum(map(len, R.SNIPPETS.values()))
     assert tokens.domains[0] == "prose" and tokens.domains[-1] == "csv"
     assert all(text in corpus[domain] for domain, text in R.SNIPPETS.items())
-    assert tokens.labels[:4] == ["T", "o", "m", R.SPACE]
+    assert tokens.labels[:4] == ["T", "o", "m", "\u2423"]
     with pytest.raises(ValueError, match="does not occur"):
         R.corpus_tokens({"prose": "no such line in the corpus, surely"})
     with pytest.raises(ValueError, match="unknown domain"):
@@ -105,21 +106,14 @@ def test_every_control_redraws():
     assert set(box.controls) == {"n_experts", "top_k", "n_group", "topk_group", "bias_expert", "bias"}
     assert box.image.value[:4] == b"\x89PNG" and "<table>" in box.html.value
     new_values = {"bias": 0.4, "bias_expert": 7, "top_k": 6, "topk_group": 3, "n_group": 4, "n_experts": 48}
-    for name, value in new_values.items():
-        before_image, before_html = box.image.value, box.html.value
-        box.controls[name].value = value
-        assert "Not drawn" not in box.html.value, (name, box.html.value)
-        assert box.html.value != before_html, name
-        assert box.image.value != before_image, name
+    assert_redraws(box, new_values)
     assert "48 routed experts in 4 groups of 12" in box.html.value and "+0.40 on expert 7" in box.html.value
 
 
 def test_invalid_combination_shows_a_message_not_a_traceback():
     box = R.routing_explorer()
     image = box.image.value
-    box.controls["n_experts"].value = 30
-    assert "Not drawn" in box.html.value and "not divisible by n_group=8" in box.html.value
-    assert box.image.value == image  # the last valid picture stays
+    assert_refused(box, "n_experts", 30, "not divisible by n_group=8")
     box.controls["n_experts"].value = 16
     assert "Not drawn" not in box.html.value and box.image.value != image
     box.controls["bias_expert"].value = 40

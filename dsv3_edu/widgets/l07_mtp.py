@@ -23,8 +23,10 @@ from matplotlib.patches import Patch
 
 from ..config import ModelConfig
 from ..data import DOMAINS, ByteTokenizer, documents, load_corpus
+from ..layers import eval_mode
 from ..model import DeepSeekV3
-from ..viz import error_html, fig_to_png, html_table, text_table
+from ..viz import error_html, fig_to_png, html_table, text_table, visible_token
+from . import announce_clamps
 
 # Cell kinds of the grid, in colour order.
 KINDS = ("not visible", "context in h_i", "via the chain", "Emb input", "target")
@@ -45,7 +47,7 @@ def sample_texts(max_bytes: int = 56) -> dict[str, str]:
 
 def token_labels(ids: list[int]) -> list[str]:
     """One short printable label per byte token: 'a', '␣' for a space, '\\n' for a newline."""
-    return [{" ": "␣"}.get(t, t) for t in ByteTokenizer().decode_tokens(ids)]
+    return [visible_token(t) for t in ByteTokenizer().decode_tokens(ids)]
 
 
 def _check(n_tokens: int, position: int, depth: int, max_depth: int) -> None:
@@ -119,12 +121,8 @@ class ChainRow:
 @torch.no_grad()
 def mtp_forward_all(model: DeepSeekV3, ids: list[int]) -> list[torch.Tensor]:
     """Probabilities of the main model (T, V) and of every MTP depth k (T-k, V) on one sequence."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         out = model(torch.tensor([ids]))
-    finally:
-        model.train(was_training)
     return [out.logits[0].float().softmax(-1)] + [lg[0].float().softmax(-1) for lg in out.mtp_logits]
 
 
@@ -287,4 +285,4 @@ def mtp_explorer(
     redraw()
     box = W.VBox([W.HBox(list(controls.values())), image, out_html])
     box.controls, box.image, box.html, box.redraw = controls, image, out_html, redraw
-    return box
+    return announce_clamps(box, dict(position=position, depth=depth))

@@ -28,8 +28,9 @@ from matplotlib.figure import Figure
 from ..balance import max_violation
 from ..config import ModelConfig
 from ..data import ByteTokenizer, load_corpus
-from ..moe import Gate
-from ..viz import error_html, fig_to_png, html_table, text_table
+from ..moe import Gate, select_groups
+from ..viz import fig_to_png, html_table, text_table, visible_token, whole_number
+from . import explorer
 
 # One short line per domain, each copied from the validation split (corpus_tokens checks it).
 SNIPPETS = {"prose": "Tom meets Zoe.", "arithmetic": "50+58=108", "code": "return a", "csv": "drum,20,4,80"}
@@ -38,7 +39,6 @@ MAX_EXPERTS = 64
 SEED = 0
 LIMITS = {"n_experts": (2, MAX_EXPERTS), "top_k": (1, 16), "n_group": (1, 16), "topk_group": (1, 16)}
 BIAS_LIMIT = 1.0
-SPACE = "\u2423"  # how a space is shown in row labels
 
 
 class CorpusTokens(NamedTuple):
@@ -60,7 +60,7 @@ def corpus_tokens(snippets: dict[str, str] | None = None, split: str = "validati
             raise ValueError(f"{text!r} does not occur in the {split} {domain} corpus")
         line = tok.encode(text)
         ids += line
-        labels += [SPACE if t == " " else t for t in tok.decode_tokens(line)]
+        labels += [visible_token(t) for t in tok.decode_tokens(line)]
         domains += [domain] * len(line)
     return CorpusTokens(torch.tensor(ids), labels, domains)
 
@@ -92,16 +92,10 @@ def make_gate(config: ModelConfig, weight: torch.Tensor, bias: torch.Tensor | No
 def group_selection(
     scores: torch.Tensor, bias: torch.Tensor, n_group: int, topk_group: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Group scores (N, G), the sum of the top-2 of s + b in each group, and the kept groups (N, G) bool.
-
-    The same rule as ``Gate``; here to draw it (Gate does not return its groups)."""
-    biased = scores + bias  # (N, E)
-    N, E = biased.shape
-    grouped = biased.view(N, n_group, E // n_group)  # (N, G, E/G)
-    group_scores = grouped.topk(min(2, E // n_group), dim=-1).values.sum(dim=-1)  # (N, G)
-    keep = group_scores.topk(topk_group, dim=-1).indices  # (N, M)
-    kept = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)  # (N, G)
-    return group_scores, kept
+    """Group scores (N, G), the sum of the top-2 of s + b in each group, and the kept groups (N, G) bool:
+    ``dsv3_edu.moe.select_groups``, the rule ``Gate`` runs, on unbiased scores and a bias (to draw it)."""
+    selection = select_groups(scores + bias, n_group, topk_group)
+    return selection.group_scores, selection.kept
 
 
 def gate_matrix(topk_idx: torch.Tensor, topk_weight: torch.Tensor, n_experts: int) -> torch.Tensor:
@@ -133,16 +127,9 @@ class RoutingCase(NamedTuple):
     bias_value: float
 
 
-def _whole(name: str, value) -> int:
-    lo, hi = LIMITS[name]
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
-        raise ValueError(f"{name}={value!r} is out of range: use a whole number from {lo} to {hi}")
-    return int(value)
-
-
 def routing_config(n_experts: int = 32, top_k: int = 8, n_group: int = 8, topk_group: int = 4) -> ModelConfig:
     """The toy router's config; impossible combinations raise ModelConfig's own ValueError."""
-    values = {name: _whole(name, v) for name, v in
+    values = {name: whole_number(name, v, *LIMITS[name]) for name, v in
               (("n_experts", n_experts), ("top_k", top_k), ("n_group", n_group), ("topk_group", topk_group))}
     return ModelConfig.tiny(hidden_size=HIDDEN_SIZE, n_routed_experts=values["n_experts"],
                             num_experts_per_tok=values["top_k"], n_group=values["n_group"],
@@ -368,28 +355,17 @@ def routing_explorer(
         "bias": W.FloatSlider(value=bias, min=-BIAS_LIMIT, max=BIAS_LIMIT, step=0.05, readout_format="+.2f",
                               description="its bias b", style=style, layout=layout),
     }
-    image = W.Image(format="png")
-    html = W.HTML()
 
-    def redraw(_change=None) -> None:
-        values = {name: c.value for name, c in controls.items()}
-        try:
-            case = routing_case(**values)
-            png = fig_to_png(plot_routing_case(**values))
-        except ValueError as err:
-            html.value = error_html(str(err))
-            return
-        image.value = png
+    def render(**values) -> tuple[bytes, str]:
+        case = routing_case(**values)
+        png = fig_to_png(plot_routing_case(**values))
         c = case.config
-        html.value = (
+        return png, (
             f"<b>{c.n_routed_experts} routed experts in {_plural(c.n_group, 'group')} of {c.experts_per_group}, "
             f"each token keeps {c.topk_group} groups and picks {c.num_experts_per_tok} experts; "
             f"bias {case.bias_value:+.2f} on expert {case.bias_expert}</b>" + html_table(HEADER, routing_rows(case))
         )
 
-    for control in controls.values():
-        control.observe(redraw, names="value")
-    redraw()
-    box = W.VBox([W.HBox([W.VBox(list(controls.values())[:3]), W.VBox(list(controls.values())[3:])]), image, html])
-    box.controls, box.image, box.html, box.redraw = controls, image, html, redraw
-    return box
+    requested = dict(n_experts=n_experts, top_k=top_k, n_group=n_group, topk_group=topk_group,
+                     bias_expert=bias_expert, bias=bias)
+    return explorer(controls, render, columns=2, requested=requested)

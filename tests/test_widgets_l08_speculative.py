@@ -7,10 +7,11 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from widget_helpers import assert_refused  # noqa: E402
 
 from dsv3_edu import DeepSeekV3, ModelConfig, generate, speculative_generate  # noqa: E402
 from dsv3_edu.generate import SpeculativeStats  # noqa: E402
-from dsv3_edu.widgets.speculative import (  # noqa: E402
+from dsv3_edu.widgets.l08_speculative import (  # noqa: E402
     acceptance_runs,
     forward_staircase,
     plot_tokens_vs_forwards,
@@ -21,7 +22,6 @@ from dsv3_edu.widgets.speculative import (  # noqa: E402
     speculative_html,
     speculative_segments,
     speculative_view,
-    teacher_forced_agreement,
     validation_prompts,
 )
 
@@ -79,8 +79,6 @@ def test_measurements(model):
     assert all(r["identical"] and r["new_tokens"] == 12 for r in rows)
     p = pool(rows)
     assert 0 <= p["acceptance_rate"] <= 1 and 1 <= p["tokens_per_forward"] <= 2
-    agree = teacher_forced_agreement(model, blocks_per_domain=1, block_size=32)
-    assert list(agree) == ["prose", "arithmetic", "code", "csv"] and all(0 <= v <= 1 for v in agree.values())
     texts = validation_prompts()
     assert texts["prose"].startswith("One day, Tom goes to the park.") and all(len(t) == 32 for t in texts.values())
 
@@ -107,10 +105,7 @@ def test_every_control_redraws(model):
 
 def test_bad_input_gives_a_message(model):
     box = speculative_explorer(model, prompt="custom", new_tokens=8)
-    image = box.image.value
-    box.controls["text"].value = ""
-    assert "Not drawn" in box.html.value and "prompt is empty" in box.html.value
-    assert box.image.value == image
+    assert_refused(box, "text", "", "prompt is empty")
     box.controls["text"].value = "x" * 250
     assert "exceeds max_position_embeddings=256" in box.html.value
     box.controls["prompt"].value = "csv"  # a held-out prompt again: drawn

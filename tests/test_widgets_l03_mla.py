@@ -9,7 +9,7 @@ import torch  # noqa: E402
 
 from dsv3_edu.config import ModelConfig  # noqa: E402
 from dsv3_edu.model import DeepSeekV3  # noqa: E402
-from dsv3_edu.widgets.mla import (  # noqa: E402
+from dsv3_edu.widgets.l03_mla import (  # noqa: E402
     attention_explorer,
     attention_maps,
     attention_row,

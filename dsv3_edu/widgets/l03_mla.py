@@ -27,6 +27,8 @@ from ..accounting import kv_cache_bytes_per_token, kv_cache_values_per_layer
 from ..config import ModelConfig
 from ..viz import (
     COLORS,
+    CONTEXTS,
+    DTYPES,
     GiB,
     bar_with_references,
     error_html,
@@ -35,8 +37,10 @@ from ..viz import (
     html_table,
     plot_bytes_vs_context,
     text_table,
+    visible_token,
+    whole_number,
 )
-from . import explorer
+from . import announce_clamps, explorer
 
 # ----------------------------------------------------------------------------- attention maps
 
@@ -77,10 +81,6 @@ def _check_choice(attn: torch.Tensor, layer: int, head: int, query: int) -> None
     for name, value, n in (("layer", layer, L), ("head", head, H), ("query", query, T)):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n:
             raise ValueError(f"{name}={value!r} is out of range: this model has {name} 0 to {n - 1}")
-
-
-def _short(token: str) -> str:
-    return "\u2423" if token == " " else token  # a visible space
 
 
 def plot_attention_grid(attn: torch.Tensor, title: str = "", cell: float = 2.2) -> Figure:
@@ -127,11 +127,11 @@ def plot_attention(attn: torch.Tensor, tokens: Sequence[str], layer: int = 0, he
     colors = [COLORS["mla"]] * len(row)
     colors[int(row.argmax())] = "tab:red"
     right.bar(range(len(row)), row, color=colors)
-    right.set_xticks(range(len(row)), [_short(t) for t in tokens[: query + 1]], fontsize=7)
+    right.set_xticks(range(len(row)), [visible_token(t) for t in tokens[: query + 1]], fontsize=7)
     right.set_xlim(-0.5, T - 0.5)
     right.set_ylim(0, min(1.0, float(row.max()) * 1.15 + 0.02))
     right.set_ylabel("attention weight")
-    right.set_title(f"query {query} ({_short(tokens[query])!r}) reads keys 0..{query}", fontsize=10)
+    right.set_title(f"query {query} ({visible_token(tokens[query])!r}) reads keys 0..{query}", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -143,7 +143,7 @@ def attention_row(attn: torch.Tensor, tokens: Sequence[str], layer: int, head: i
     _check_choice(attn, layer, head, query)
     row = attn[layer, head, query, : query + 1]
     weights, keys = row.topk(min(top, query + 1))
-    return [[str(k), repr(_short(tokens[k])), f"{w:.3f}"] for k, w in zip(keys.tolist(), weights.tolist())]
+    return [[str(k), repr(visible_token(tokens[k])), f"{w:.3f}"] for k, w in zip(keys.tolist(), weights.tolist())]
 
 
 def attention_explorer(attn: torch.Tensor, tokens: Sequence[str], layer: int = 0, head: int = 0,
@@ -174,7 +174,7 @@ def attention_explorer(attn: torch.Tensor, tokens: Sequence[str], layer: int = 0
         image.value = png
         q = values["query"]
         html.value = (f"<b>layer {values['layer']}, head {values['head']}, query {q} "
-                      f"({_short(tokens[q])!r}): the keys it reads most</b>"
+                      f"({visible_token(tokens[q])!r}): the keys it reads most</b>"
                       + html_table(["key position", "token", "weight"], rows))
 
     for control in controls.values():
@@ -182,13 +182,11 @@ def attention_explorer(attn: torch.Tensor, tokens: Sequence[str], layer: int = 0
     redraw()
     box = W.VBox([W.HBox(list(controls.values())[:2]), controls["query"], image, html])
     box.controls, box.image, box.html, box.redraw = controls, image, html, redraw
-    return box
+    return announce_clamps(box, dict(layer=layer, head=head, query=query))
 
 
 # ------------------------------------------------------------------------------ cache sizes
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
-CONTEXTS = tuple(1024 * 2**i for i in range(8))  # 1K .. 128K tokens
 MAX_BATCH = 256
 GQA_GROUPS = 8
 H200_BYTES = 141 * 10**9  # one H200's memory, a scale reference
@@ -205,8 +203,7 @@ HEADER = ("attention", "values/token/layer", "bytes/token", "cache", "x MLA")
 def _validate(context: int, batch: int, dtype: str) -> None:
     if isinstance(context, bool) or not isinstance(context, int) or not 1 <= context <= CONTEXTS[-1]:
         raise ValueError(f"context={context!r} is out of range: use 1 to {CONTEXTS[-1]:,} tokens")
-    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
-        raise ValueError(f"batch={batch!r} is out of range: use a whole number from 1 to {MAX_BATCH}")
+    whole_number("batch", batch, 1, MAX_BATCH)
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: choose one of {', '.join(DTYPES)}")
 
@@ -283,4 +280,4 @@ def cache_explorer(context: int = 32768, batch: int = 1, dtype: str = "bf16") ->
         return png, (f"<b>DeepSeek-V3's shape, 61 layers, {values['dtype']}, context {values['context']:,}, "
                      f"batch {values['batch']}</b>" + html_table(HEADER, rows))
 
-    return explorer(controls, render, columns=len(controls))
+    return explorer(controls, render, columns=len(controls), requested=dict(batch=batch))

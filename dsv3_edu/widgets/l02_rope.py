@@ -15,7 +15,6 @@ mean of cos(offset * theta_i) over pairs: how similar a key identical to the que
 from __future__ import annotations
 
 import math
-from io import BytesIO
 
 import ipywidgets as W
 import matplotlib.pyplot as plt
@@ -25,7 +24,7 @@ from matplotlib.ticker import FuncFormatter
 
 from ..config import ModelConfig
 from ..rope import rope_inv_freq, yarn_correction_range, yarn_get_mscale, yarn_ramp
-from ..viz import html_table, text_table
+from ..viz import fig_to_png, html_table, text_table
 from . import explorer
 
 DEEPSEEK_V3 = dict(base=10000.0, dim=64, factor=40.0, original=4096, beta_fast=32.0, beta_slow=1.0)
@@ -61,15 +60,6 @@ def yarn_config(base=10000.0, dim=64, factor=40.0, original=4096, beta_fast=32.0
     scaling = dict(type="yarn", factor=factor, beta_fast=beta_fast, beta_slow=beta_slow, mscale=1.0,
                    mscale_all_dim=1.0, original_max_position_embeddings=original)
     return ModelConfig.tiny(qk_rope_head_dim=dim, rope_theta=float(base), rope_scaling=scaling)
-
-
-def figure_png(fig: Figure, dpi: int = 80) -> bytes:
-    """PNG bytes of a figure, closed afterwards. The margins are fixed, so no bbox_inches="tight",
-    which would draw the figure twice (half the redraw time of this four-panel figure)."""
-    buf = BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def _short(value: float, _pos=None) -> str:
@@ -239,10 +229,12 @@ def rope_explorer(base=10000.0, dim=64, factor=40.0, original=4096, beta_fast=32
 
     def render(**values) -> tuple[bytes, str]:
         rows = yarn_rows(**values)
-        png = figure_png(plot_yarn(**values))
+        png = fig_to_png(plot_yarn(**values), tight=False)  # plot_yarn fixes its margins
         return png, (
             f"<b>RoPE dim {values['dim']}, base {values['base']:g}, YaRN factor {values['factor']:g}, "
             f"beta_fast {values['beta_fast']:g}, beta_slow {values['beta_slow']:g}</b>" + html_table(HEADER, rows)
         )
 
-    return explorer(controls, render, columns=2)
+    requested = dict(base=base, dim=dim, factor=factor, original=original, beta_fast=beta_fast,
+                     beta_slow=beta_slow, pair=pair)
+    return explorer(controls, render, columns=2, requested=requested)

@@ -13,7 +13,7 @@
   style of [V3] Figure 9 (relative load: 1 is the fair share); :func:`plot_history` the training
   curves of a ``history.json`` written by :mod:`dsv3_edu.train`.
 
-Attention maps of the trained model use lesson 03's ``dsv3_edu.widgets.mla`` (``attention_maps``,
+Attention maps of the trained model use lesson 03's ``dsv3_edu.widgets.l03_mla`` (``attention_maps``,
 ``attention_explorer``). Tokens are bytes (dsv3_edu's ByteTokenizer), one character each.
 """
 
@@ -34,8 +34,10 @@ from matplotlib.figure import Figure
 
 from ..data import DOMAINS, ByteTokenizer
 from ..generate import generate
+from ..layers import eval_mode
 from ..model import DeepSeekV3
-from ..viz import error_html, fig_to_png, moving_average
+from ..viz import error_html, fig_to_png, moving_average, visible_token
+from . import announce_clamps
 
 # One prompt per domain of the corpus, written like its documents (dsv3_edu.data).
 DOMAIN_PROMPTS = {
@@ -67,41 +69,6 @@ ANSWER_PATTERNS = {
     "times tables a*b": re.compile(r"(?m)^\d+\*\d+=(?P<ans>\d+)$"),
     "csv total = price x qty": re.compile(r"(?m)^[a-z]+,\d+,\d+,(?P<ans>\d+)$"),
 }
-
-
-@torch.no_grad()
-def greedy_answers_right(model: DeepSeekV3, texts: list[str], pattern: re.Pattern,
-                         batch_size: int = 64) -> list[bool]:
-    """For every match of ``pattern`` in ``texts`` (its group "ans" the answer, followed by a newline): would
-    greedy decoding from the text before the answer write exactly the answer and then the newline?
-
-    Computed with one teacher-forced forward per text: greedy decoding writes the right answer if and only
-    if, fed the right answer so far, the model's top choice is the next right token every time. Texts are
-    padded on the right, which a causal model never sees from earlier positions.
-    """
-    if "ans" not in pattern.groupindex:
-        raise ValueError("the pattern needs a named group (?P<ans>...) around the answer")
-    tok = ByteTokenizer()
-    was_training = model.training
-    model.eval()
-    right: list[bool] = []
-    try:
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start:start + batch_size]
-            encoded = [tok.encode(t) for t in chunk]
-            T = max(len(e) for e in encoded)
-            ids = torch.tensor([e + [tok.eos_id] * (T - len(e)) for e in encoded])  # (B, T) right-padded
-            top = model(ids, mtp=False).logits.argmax(-1)  # (B, T): position i -> token i+1
-            for row, text in enumerate(chunk):
-                for m in pattern.finditer(text):
-                    a = len(text[: m.start("ans")].encode("utf-8"))  # first answer token
-                    b = len(text[: m.end("ans")].encode("utf-8")) + 1  # one past the newline
-                    if b > len(encoded[row]):
-                        continue  # no newline after the answer in this text
-                    right.append(bool((top[row, a - 1: b - 1] == ids[row, a:b]).all()))
-    finally:
-        model.train(was_training)
-    return right
 
 
 # ------------------------------------------------------------------------------------- generation
@@ -150,19 +117,11 @@ def generation_view(model: DeepSeekV3, prompt: str, max_new_tokens: int = 60, te
     generator = torch.Generator().manual_seed(seed)
     out = generate(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
     new = out[0, ids.shape[1]:]  # (n,)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         logits = model(out[:, :-1], mtp=False).logits[0, ids.shape[1] - 1:]  # (n, V): position t predicts t+1
-    finally:
-        model.train(was_training)
     probs = logits.float().softmax(-1).gather(-1, new[:, None])[:, 0]  # (n,)
     return Generation(prompt, tok.decode(new), new.tolist(), tok.decode_tokens(new),
                       [float(p) for p in probs])
-
-
-def _visible(label: str) -> str:
-    return "\u2423" if label == " " else label
 
 
 def plot_generation(gen: Generation, max_bars: int = 80) -> Figure:
@@ -172,7 +131,7 @@ def plot_generation(gen: Generation, max_bars: int = 80) -> Figure:
     fig, ax = plt.subplots(figsize=(min(14, 2 + 0.16 * n), 2.6))
     colors = ["tab:blue" if p >= 0.5 else "tab:orange" for p in gen.probs[:n]]
     ax.bar(range(n), gen.probs[:n], color=colors, width=0.8)
-    ax.set_xticks(range(n), [_visible(t) for t in gen.labels[:n]], fontsize=7, family="monospace")
+    ax.set_xticks(range(n), [visible_token(t) for t in gen.labels[:n]], fontsize=7, family="monospace")
     ax.set_xlim(-0.6, n - 0.4)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("p(chosen token)")
@@ -243,7 +202,7 @@ def generation_explorer(model: DeepSeekV3, domain: str = "code", max_new_tokens:
     box = W.VBox([W.HBox([controls["domain"], controls["prompt"]]),
                   W.HBox([controls["max_new_tokens"], controls["temperature"], controls["top_k"]]), html, image])
     box.controls, box.image, box.html, box.redraw = controls, image, html, redraw
-    return box
+    return announce_clamps(box, dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k))
 
 
 # ----------------------------------------------------------------------------------- expert loads

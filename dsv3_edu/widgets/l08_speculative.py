@@ -26,10 +26,11 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
-from ..data import DOMAINS, BlockDataset, ByteTokenizer, documents, load_corpus
+from ..data import DOMAINS, ByteTokenizer, documents, load_corpus
 from ..generate import SpeculativeStats, generate, speculative_generate
 from ..model import DeepSeekV3
 from ..viz import error_html, fig_to_png, html_table
+from . import announce_clamps
 
 KIND_COLORS = {"prompt": "#6e7781", "main": "#000000", "accepted": "#1a7f37", "rejected": "#cf222e"}
 CUSTOM = "custom"
@@ -185,29 +186,6 @@ def pool(rows: list[dict]) -> dict:
             "tokens_per_forward": sum(r["new_tokens"] for r in rows) / sum(r["main_forwards"] for r in rows)}
 
 
-@torch.no_grad()
-def teacher_forced_agreement(model: DeepSeekV3, blocks_per_domain: int = 8, block_size: int = 128) -> dict[str, float]:
-    """domain -> on held-out text, how often depth 1's argmax at position i (fed h^0_i and the TRUE t_{i+1})
-    equals the main model's argmax at position i + 1. Both predict t_{i+2} from t_0..t_{i+1}: the acceptance
-    rate drafts would have if the main model were decoding this very text. One forward per batch of blocks."""
-    block_size = min(block_size, model.config.max_position_embeddings)
-    data = BlockDataset("validation", block_size=block_size)
-    hits: dict[str, list[int]] = {d: [0, 0] for d in data.domains}
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in data.eval_batches(4 * blocks_per_domain, blocks_per_domain):
-            out = model(batch.input_ids)
-            main = out.logits[:, 1:].argmax(-1)  # (B, T-1): position i+1 predicts t_{i+2}
-            draft = out.mtp_logits[0].argmax(-1)  # (B, T-1): depth 1 at position i predicts t_{i+2}
-            for row, domain in enumerate(batch.domains):
-                hits[domain][0] += int((main[row] == draft[row]).sum())
-                hits[domain][1] += main.shape[1]
-    finally:
-        model.train(was_training)
-    return {d: h / n for d, (h, n) in hits.items() if n}
-
-
 # ------------------------------------------------------------------------------------- widget
 
 
@@ -283,4 +261,4 @@ def speculative_explorer(model: DeepSeekV3, texts: dict[str, str] | None = None,
     redraw()
     box = W.VBox([W.HBox([controls["prompt"], controls["new_tokens"]]), controls["text"], out_html, image])
     box.controls, box.image, box.html, box.redraw = controls, image, out_html, redraw
-    return box
+    return announce_clamps(box, dict(new_tokens=new_tokens))

@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 
 from dsv3_edu.config import ModelConfig  # noqa: E402
-from dsv3_edu.widgets.overview import parameter_budget, parameter_explorer, parameter_rows  # noqa: E402
+from dsv3_edu.widgets.l00_welcome import parameter_budget, parameter_explorer, parameter_rows  # noqa: E402
 
 
 def test_budget_sums_to_the_counts():

@@ -8,7 +8,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dsv3_edu.viz import moving_average
-from dsv3_edu.widgets import balance as wb  # noqa: E402
+from dsv3_edu.widgets import l06_balancing as wb  # noqa: E402
 
 torch.set_num_threads(1)
 

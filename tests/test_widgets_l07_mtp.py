@@ -6,9 +6,10 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from widget_helpers import assert_redraws  # noqa: E402
 
 from dsv3_edu.data import ByteTokenizer  # noqa: E402
-from dsv3_edu.widgets.mtp import (  # noqa: E402
+from dsv3_edu.widgets.l07_mtp import (  # noqa: E402
     mtp_alignment_rows,
     mtp_alignment_table,
     mtp_chain,
@@ -77,12 +78,7 @@ def test_every_control_redraws(model):
     box = mtp_explorer(model, position=8, depth=1)
     assert set(box.controls) == {"text", "position", "depth"}
     assert box.image.value[:4] == b"\x89PNG" and "<table>" in box.html.value
-    for name, value in (("depth", 2), ("text", "code"), ("position", 3)):
-        before_image, before_html = box.image.value, box.html.value
-        box.controls[name].value = value
-        assert "Not drawn" not in box.html.value, name
-        assert box.html.value != before_html, name
-        assert box.image.value != before_image, name
+    assert_redraws(box, (("depth", 2), ("text", "code"), ("position", 3)))
     assert "code, position 3, depth 2" in box.html.value
     assert "t_0..t_5 as the main model at position 5" in box.html.value
 

@@ -18,6 +18,8 @@ from ..attention import check_heads
 from ..config import ModelConfig
 from ..viz import (
     COLORS,
+    CONTEXTS,
+    DTYPES,
     GiB,
     bar_with_references,
     fig_to_png,
@@ -25,20 +27,17 @@ from ..viz import (
     html_table,
     plot_bytes_vs_context,
     text_table,
+    whole_number,
 )
 from . import explorer
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
-CONTEXTS = tuple(1024 * 2**i for i in range(8))  # 1K .. 128K tokens
 HEAD_DIMS = (32, 64, 96, 128, 192, 256)
 LIMITS = {"n_heads": (1, 256), "n_kv_heads": (1, 256), "batch": (1, 256), "n_layers": (1, 128)}
 
 
 def _validate(n_heads, n_kv_heads, head_dim, context, dtype, batch, n_layers) -> None:
     for name, value in (("n_heads", n_heads), ("n_kv_heads", n_kv_heads), ("batch", batch), ("n_layers", n_layers)):
-        lo, hi = LIMITS[name]
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ValueError(f"{name}={value!r} is out of range: use a whole number from {lo} to {hi}")
+        whole_number(name, value, *LIMITS[name])
     if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0:
         raise ValueError(f"head_dim={head_dim!r}: use a positive whole number, e.g. 128")
     if isinstance(context, bool) or not isinstance(context, int) or context <= 0:
@@ -159,4 +158,5 @@ def kv_cache_explorer(
             f"context {values['context']:,}, batch {values['batch']}</b>" + html_table(HEADER, rows)
         )
 
-    return explorer(controls, render, columns=2)
+    requested = dict(n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, batch=batch, n_layers=n_layers)
+    return explorer(controls, render, columns=2, requested=requested)
