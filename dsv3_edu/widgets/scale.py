@@ -368,7 +368,7 @@ def plot_deployment(**kwargs) -> Figure:
     left.axhline(dep.capacity_bytes / GiB, color="black", linestyle="--", linewidth=1,
                  label=f"usable: {dep.n_gpus} x {dep.gpu_gib:g} GiB x {dep.usable:.0%}")
     left.set_ylim(0, top)
-    left.set_ylabel("GiB")
+    left.set_ylabel("memory (GiB)")
     left.set_title(f"{_tokens(dep.context)} tokens x batch {dep.batch}", fontsize=10)
     left.legend(fontsize=8, loc="upper left")
 
