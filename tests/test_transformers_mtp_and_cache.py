@@ -46,7 +46,12 @@ def test_mtp_layer_concatenates_embedding_first():
     assert "torch.cat([self.enorm(inputs_embeds), self.hnorm(previous_hidden_state)], dim=-1)" in source
     # the checkpoint's shared_head.norm becomes MtpLayer.post_norm, applied after the block
     assert "self.post_norm(hidden_states)" in inspect.getsource(MtpLayer.forward)
-    assert MtpModel.__name__ == "MtpModel"
+
+
+def test_mtp_model_shares_embedding_and_head_with_the_main_model(hf):
+    mtp = MtpModel(hf, 1)
+    assert mtp.embed_tokens is hf.get_input_embeddings() and mtp.shared_head is hf.lm_head
+    assert [n for n, _ in mtp.layers[0].named_children()] == ["enorm", "hnorm", "eh_proj", "mtp_block", "post_norm"]
 
 
 def test_mtp_drafter_reads_the_hidden_state_after_the_final_norm(hf):
