@@ -49,7 +49,11 @@ def test_row_table_and_plots(maps):
     rows = attention_row(attn, tokens, layer=2, head=3, query=6, top=3)
     assert len(rows) == 3 and float(rows[0][2]) >= float(rows[1][2]) >= float(rows[2][2])
     fig = plot_attention(attn, tokens, layer=0, head=1, query=4)
-    assert len(fig.axes) == 2
+    assert len(fig.axes) == 3  # the map, its colorbar, the row
+    heatmap, colorbar = fig.axes[0], fig.axes[1]
+    visible = ["\u2423" if t == " " else t for t in tokens]  # a space is drawn as a visible space
+    assert [t.get_text() for t in heatmap.get_xticklabels()] == [f"{i} {t}" for i, t in enumerate(visible)]
+    assert "attention weight" in colorbar.get_ylabel()
     matplotlib.pyplot.close(fig)
     fig = plot_attention_grid(attn)
     assert len(fig.axes) == 12

@@ -21,7 +21,6 @@ import ipywidgets as W
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from ..accounting import kv_cache_bytes_per_token, kv_cache_values_per_layer
 from ..config import ModelConfig
@@ -116,12 +115,15 @@ def plot_attention(attn: torch.Tensor, tokens: Sequence[str], layer: int = 0, he
     _check_choice(attn, layer, head, query)
     p = attn[layer, head]  # (T, S)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.6]})
-    left.imshow(p.numpy(), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    image = left.imshow(p.numpy(), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     left.add_patch(plt.Rectangle((-0.5, query - 0.5), T, 1, fill=False, edgecolor="tab:red", linewidth=1.5))
-    left.xaxis.set_major_locator(MaxNLocator(integer=True))
-    left.yaxis.set_major_locator(MaxNLocator(integer=True))
-    left.set_xlabel("key position")
-    left.set_ylabel("query position")
+    every = max(1, -(-T // 32))  # at most 32 token labels per axis
+    ticks = list(range(0, T, every))
+    left.set_xticks(ticks, [f"{i} {_short(tokens[i])}" for i in ticks], fontsize=6, rotation=90)
+    left.set_yticks(ticks, [f"{_short(tokens[i])} {i}" for i in ticks], fontsize=6)
+    fig.colorbar(image, ax=left, fraction=0.046, pad=0.02, label="attention weight (probability)")
+    left.set_xlabel("key position and token")
+    left.set_ylabel("query position and token")
     left.set_title(f"layer {layer}, head {head}", fontsize=10)
     row = p[query, : query + 1].numpy()
     colors = [COLORS["mla"]] * len(row)

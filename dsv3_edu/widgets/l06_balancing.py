@@ -113,17 +113,17 @@ def plot_toy_router(router: ToyRouter) -> Figure:
     loads = router.loads[-1] if router.loads else torch.zeros(E)
     ax_load.bar(experts, loads.tolist(), color=["tab:red" if c > fair else "tab:blue" for c in loads.tolist()])
     ax_load.axhline(fair, color="0.3", linestyle="--", linewidth=1, label="fair share")
-    ax_load.set(xlabel="expert", ylabel="tokens", title=f"loads at step {router.steps}")
+    ax_load.set(xlabel="expert", ylabel="tokens routed in the step", title=f"loads at step {router.steps}")
     ax_load.legend(fontsize=8)
     bias = router.bias.tolist()
     ax_bias.bar(experts, bias, color=["tab:green" if b >= 0 else "tab:purple" for b in bias])
     ax_bias.axhline(0, color="0.3", linewidth=0.8)
-    ax_bias.set(xlabel="expert", ylabel="b_i",
+    ax_bias.set(xlabel="expert", ylabel="bias b_i (added to s, unitless)",
                 title=f"bias (gamma {router.gamma:g}{'' if router.balance else ', update off'})")
     if router.maxvio:
         ax_vio.plot(range(1, len(router.maxvio) + 1), router.maxvio, color="tab:blue")
     ax_vio.axhline(0, color="0.3", linewidth=0.8)
-    ax_vio.set(xlabel="step", ylabel="MaxVio_batch", title="MaxVio per step",
+    ax_vio.set(xlabel="training step", ylabel="MaxVio_batch (unitless)", title="MaxVio per step",
                ylim=(0, max(1.0, max(router.maxvio, default=0.0) * 1.1)))
     fig.tight_layout()
     return fig
@@ -235,24 +235,51 @@ def plot_maxvio_curves(results: dict[str, Any], window: int = 20) -> Figure:
         ax.plot([len(run["maxvio_batch"])], [run["maxvio_global"]], "o", color=RUN_COLORS[mode])
     ax.set_yscale("log")
     ax.axhline(0.1, color="0.5", linestyle=":", linewidth=1)
-    ax.set(xlabel="training step", ylabel="MaxVio (log)",
+    ax.set(xlabel="training step", ylabel="MaxVio (unitless, log scale)",
            title=f"MaxVio_batch, moving average over {window} steps (dots: MaxVio_global on validation)")
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     return fig
 
 
-def relative_domain_loads(run: dict[str, Any], layer: int) -> tuple[torch.Tensor, list[str]]:
-    """(E, domains) load / fair share for one MoE layer: 1 is balanced, 2 twice the fair share ([V3] Fig. 9)."""
+def relative_domain_loads(run: dict[str, Any], layer: int, by: str = "fair_share") -> tuple[torch.Tensor, list[str]]:
+    """(E, domains) per-domain loads of one MoE layer, relative to a reference.
+
+    ``by="fair_share"``: load / fair share (1 is balanced, 2 twice the fair share; [V3] Fig. 9). It mixes two
+    things: an expert busy on *all* text (global imbalance) is red in every domain.
+    ``by="global"``: the expert's share of the domain's tokens / its share of all tokens. 1 means the expert
+    takes the same share of this domain as of all text; above 1 it specializes in the domain. A globally
+    busy expert that treats every domain alike is 1 everywhere: specialization, with global imbalance
+    divided out.
+    """
+    if by not in ("fair_share", "global"):
+        raise ValueError(f"by must be 'fair_share' or 'global', got {by!r}")
     domains = list(run["domain_loads"])
     loads = torch.tensor([run["domain_loads"][d][layer] for d in domains], dtype=torch.float64).T  # (E, D)
-    return loads / loads.mean(dim=0, keepdim=True), domains
+    if by == "fair_share":
+        return loads / loads.mean(dim=0, keepdim=True), domains
+    share = loads / loads.sum(dim=0, keepdim=True)  # (E, D): expert's share of each domain's tokens
+    overall = loads.sum(dim=1, keepdim=True) / loads.sum()  # (E, 1): expert's share of all tokens
+    return share / overall, domains
+
+
+def domain_specialization(run: dict[str, Any], layer: int) -> tuple[torch.Tensor, list[str]]:
+    """(domains,) how differently each domain is routed from all text: half the L1 distance between the
+    domain's distribution over experts and the overall one (0: routed like everything else; 1: disjoint
+    experts). It is the fraction of the domain's token-expert pairs that would have to move to other
+    experts to look like the average. Global imbalance does not count: it is in both distributions."""
+    domains = list(run["domain_loads"])
+    loads = torch.tensor([run["domain_loads"][d][layer] for d in domains], dtype=torch.float64).T  # (E, D)
+    share = loads / loads.sum(dim=0, keepdim=True)
+    overall = loads.sum(dim=1, keepdim=True) / loads.sum()
+    return 0.5 * (share - overall).abs().sum(dim=0), domains
 
 
 def plot_domain_heatmaps(results: dict[str, Any], modes: tuple[str, ...] = ("aux_loss", "loss_free"),
-                         vmax: float = 3.0) -> Figure:
+                         vmax: float = 3.0, by: str = "fair_share") -> Figure:
     """Relative expert load per domain (rows experts, columns domains), one panel per run and MoE layer;
-    white is the fair share, red above it, blue below (values above ``vmax`` are clipped)."""
+    white is the reference (``by``: see :func:`relative_domain_loads`), red above it, blue below (values
+    above ``vmax`` are clipped)."""
     n_layers = len(results["runs"][modes[0]]["domain_loads"][next(iter(results["runs"][modes[0]]["domain_loads"]))])
     fig, axes = plt.subplots(1, len(modes) * n_layers, figsize=(2.6 * len(modes) * n_layers, 4.6), squeeze=False)
     image = None
@@ -260,15 +287,18 @@ def plot_domain_heatmaps(results: dict[str, Any], modes: tuple[str, ...] = ("aux
         run = results["runs"][mode]
         for layer in range(n_layers):
             ax = axes[0, m * n_layers + layer]
-            rel, domains = relative_domain_loads(run, layer)
+            rel, domains = relative_domain_loads(run, layer, by=by)
             image = ax.imshow(rel.numpy(), cmap="RdBu_r", norm=TwoSlopeNorm(vmin=0, vcenter=1, vmax=vmax),
                               aspect="auto")  # white = fair share
             ax.set_xticks(range(len(domains)), domains, rotation=45, fontsize=8)
+            ax.set_xlabel("domain", fontsize=8)
             ax.set_yticks(range(rel.shape[0]), [str(i) for i in range(rel.shape[0])], fontsize=7)
             ax.set_title(f"{RUN_LABELS[mode].split(' (')[0]}\nlayer {layer}", fontsize=9)
             if m == 0 and layer == 0:
                 ax.set_ylabel("expert")
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="relative load (1 = fair share)")
+    label = ("load / fair share (1 = fair share)" if by == "fair_share"
+             else "share of the domain / share of all text\n(1 = no specialization)")
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=label)
     return fig
 
 
@@ -281,12 +311,12 @@ def plot_gamma_sweep(results: dict[str, Any], window: int = 20, layer: int = 0) 
         axes[0].plot(range(1, len(run["maxvio_batch"]) + 1), moving_average(run["maxvio_batch"], window),
                      color=colors.get(key), label=f"gamma {key}")
     axes[0].set_yscale("log")
-    axes[0].set(xlabel="step", ylabel="MaxVio_batch (log)", title="speed of balancing")
+    axes[0].set(xlabel="training step", ylabel="MaxVio_batch (unitless, log scale)", title="speed of balancing")
     axes[0].legend(fontsize=8)
     for ax, (key, run) in zip(axes[1:], sweep.items()):
         bias = torch.tensor(run["bias"])[:, layer]  # (steps/BIAS_EVERY, E)
         ax.plot(run["bias_steps"], bias.numpy(), linewidth=0.8)
-        ax.set(xlabel="step", title=f"gamma {key}: b_i, layer {layer}")
-    axes[1].set_ylabel("bias")
+        ax.set(xlabel="training step", title=f"gamma {key}: b_i, layer {layer}")
+    axes[1].set_ylabel("bias b_i (added to s, unitless)")
     fig.tight_layout()
     return fig

@@ -135,6 +135,7 @@ def plot_generation(gen: Generation, max_bars: int = 80) -> Figure:
     ax.set_xlim(-0.6, n - 0.4)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("p(chosen token)")
+    ax.set_xlabel("generated token")
     more = f" (first {n} of {len(gen.probs)})" if len(gen.probs) > n else ""
     ax.set_title(f"probability of each generated token{more}; orange: below 0.5", fontsize=9)
     fig.tight_layout()
@@ -235,7 +236,7 @@ def plot_domain_loads(tracker, domains: tuple[str, ...] = DOMAINS, vmax: float =
         ax.set_yticks(range(len(domains)), domains if layer == 0 else [""] * len(domains), fontsize=8)
         ax.set_xlabel("expert", fontsize=8)
         ax.set_title(names[layer].replace("model.layers.", "layer ").replace(".mlp", ""), fontsize=9)
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.9, label="relative load")
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.9, label="load / fair share")
     return fig
 
 
@@ -260,7 +261,7 @@ def plot_history(history: list[dict[str, Any]], window: int = 25) -> Figure:
     panels = (
         (axes[0], "main_loss", "val_main_loss", "main loss (nats)", "tab:blue"),
         (axes[1], "mtp_loss", "val_mtp_loss", "MTP depth-1 loss (nats)", "tab:green"),
-        (axes[2], "maxvio_batch", "maxvio_global", "MaxVio", "tab:red"),
+        (axes[2], "maxvio_batch", "maxvio_global", "MaxVio (unitless, log scale)", "tab:red"),
     )
     for ax, key, val_key, title, color in panels:
         pairs = [(s, r[key]) for s, r in zip(steps, history) if r.get(key) is not None]
@@ -272,11 +273,13 @@ def plot_history(history: list[dict[str, Any]], window: int = 25) -> Figure:
         if pts:
             ax.plot(*zip(*pts), "o", color="black", markersize=4, label="validation")
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(title)
         ax.legend(fontsize=7)
     axes[2].set_yscale("log")
     axes[3].plot(steps, [r["lr"] for r in history], color="0.3")
     axes[3].set_title("learning rate (warmup, cosine)", fontsize=10)
-    axes[3].set_xlabel("step")
+    axes[3].set_xlabel("training step")
+    axes[3].set_ylabel("AdamW learning rate")
     fig.tight_layout()
     return fig

@@ -114,13 +114,15 @@ class Deployment:
     n_gpus: int
     weights: str
     usable: float
-    weight_bytes: int  # the main model (serving without the MTP module)
-    capacity_bytes: int  # n_gpus x gpu_gib x usable
+    weight_bytes: int  # the main model, plus the MTP module when ``mtp`` (speculative decoding keeps it)
+    capacity_bytes: int  # n_gpus x (gpu_gib x usable - headroom): what weights and KV cache may fill
     gpus_for_weights: int  # the fewest GPUs whose usable memory holds the weights alone
     cache_budget: int  # capacity - weights (negative: the weights do not fit)
     mla_per_token: int  # bytes per token over all layers, (d_c + d_h^R) values per layer
     expanded_per_token: int  # bytes per token of per-head K (d_h + d_h^R) and V (d_h), all heads and layers
     max_position_embeddings: int
+    mtp: bool = False  # the MTP module is served too: its weights, and its attention layer's cache
+    headroom_bytes: int = 0  # per GPU, kept free for activations and buffers (not for weights or cache)
 
     @property
     def mla_cache(self) -> int:
@@ -152,10 +154,16 @@ class Deployment:
 
 def deployment(
     context: int = 131072, batch: int = 16, cache_dtype: str = "bf16", gpu_gib: float = 141, n_gpus: int = 8,
-    weights: str = "fp8", usable: float = USABLE, config: ModelConfig | None = None,
+    weights: str = "fp8", usable: float = USABLE, config: ModelConfig | None = None, mtp: bool = False,
+    headroom_gib: float = 0.0,
 ) -> Deployment:
     """Weights of the main model on ``n_gpus`` GPUs, and the KV cache of ``batch`` sequences of ``context``
-    tokens in the rest, for MLA and for the expanded per-head K/V. Raises ValueError on bad values."""
+    tokens in the rest, for MLA and for the expanded per-head K/V. Raises ValueError on bad values.
+
+    ``mtp``: also serve the MTP module(s) for speculative decoding: their weights, and one more attention
+    layer per module in the KV cache (the module caches its own latent). ``headroom_gib``: GiB per GPU
+    kept free for activations, communication buffers and the like, taken out of the usable memory.
+    """
     config = config or ModelConfig.deepseek_v3()
     limit = config.max_position_embeddings
     if isinstance(context, bool) or not isinstance(context, int) or not 1 <= context <= limit:
@@ -169,15 +177,26 @@ def deployment(
         raise ValueError(f"gpu_gib={gpu_gib!r}: use the memory of one GPU in GiB, e.g. 80")
     if not 0 < usable <= 1:
         raise ValueError(f"usable={usable!r}: the fraction of GPU memory a server may fill, in (0, 1]")
-    w = weight_bytes(config, weights)
-    per_gpu = gpu_gib * GiB * usable
+    if isinstance(headroom_gib, bool) or not isinstance(headroom_gib, (int, float)) or headroom_gib < 0:
+        raise ValueError(f"headroom_gib={headroom_gib!r}: use the GiB per GPU to keep free, 0 or more")
+    w = weight_bytes(config, weights, include_mtp=mtp)
+    headroom = int(headroom_gib * GiB)
+    per_gpu = gpu_gib * GiB * usable - headroom
+    if per_gpu <= 0:
+        raise ValueError(f"headroom_gib={headroom_gib} leaves nothing of a {gpu_gib} GiB GPU at {usable:.0%}")
     capacity = int(n_gpus * per_gpu)
     dtype = CACHE_DTYPES[cache_dtype]
+    L = config.num_hidden_layers
+    cached_layers = L + (config.num_nextn_predict_layers if mtp else 0)
+
+    def per_token(kind: str) -> int:
+        return kv_cache_bytes_per_token(config, kind, dtype) // L * cached_layers
+
     return Deployment(
         context=context, batch=batch, cache_dtype=cache_dtype, gpu_gib=gpu_gib, n_gpus=n_gpus, weights=weights,
         usable=usable, weight_bytes=w, capacity_bytes=capacity, gpus_for_weights=math.ceil(w / per_gpu),
-        cache_budget=capacity - w, mla_per_token=kv_cache_bytes_per_token(config, "mla", dtype),
-        expanded_per_token=kv_cache_bytes_per_token(config, "mha", dtype), max_position_embeddings=limit,
+        cache_budget=capacity - w, mla_per_token=per_token("mla"), expanded_per_token=per_token("mha"),
+        max_position_embeddings=limit, mtp=mtp, headroom_bytes=headroom,
     )
 
 
@@ -207,8 +226,13 @@ def deployment_rows(**kwargs) -> list[list[str]]:
 
 def deployment_summary(**kwargs) -> str:
     dep = deployment(**kwargs)
-    line = (f"{dep.n_gpus} x {dep.gpu_gib:g} GiB at {dep.usable:.0%} = {format_bytes(dep.capacity_bytes)} usable; "
-            f"weights ({dep.weights}) {format_bytes(dep.weight_bytes)}, alone need {dep.gpus_for_weights} GPUs; ")
+    headroom = f" - {format_bytes(dep.headroom_bytes)} headroom each" if dep.headroom_bytes else ""
+    what = f"weights ({dep.weights}{' + MTP module' if dep.mtp else ''})"
+    line = (f"{dep.n_gpus} x ({dep.gpu_gib:g} GiB at {dep.usable:.0%}{headroom}) = {format_bytes(dep.capacity_bytes)} "
+            f"usable; {what} {format_bytes(dep.weight_bytes)}, alone need {dep.gpus_for_weights} GPUs; ")
+    if not dep.headroom_bytes:
+        line = line.replace(f"{dep.n_gpus} x ({dep.gpu_gib:g} GiB at {dep.usable:.0%}) =",
+                            f"{dep.n_gpus} x {dep.gpu_gib:g} GiB at {dep.usable:.0%} =")
     if dep.cache_budget > 0:
         return line + f"left for the KV cache ({dep.cache_dtype}): {format_bytes(dep.cache_budget)}"
     return line + f"the weights do not fit: {format_bytes(-dep.cache_budget)} short, no room for any cache"
@@ -244,7 +268,7 @@ def plot_deployment(**kwargs) -> Figure:
     left.axhline(dep.capacity_bytes / GiB, color="black", linestyle="--", linewidth=1,
                  label=f"usable: {dep.n_gpus} x {dep.gpu_gib:g} GiB x {dep.usable:.0%}")
     left.set_ylim(0, top)
-    left.set_ylabel("GiB")
+    left.set_ylabel("memory (GiB)")
     left.set_title(f"{_tokens(dep.context)} tokens x batch {dep.batch}", fontsize=10)
     left.legend(fontsize=8, loc="upper left")
 
