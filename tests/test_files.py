@@ -109,3 +109,11 @@ def test_remove_stale_temps_only_touches_temporaries(tmp_path):
     removed = remove_stale_temps(tmp_path)
     assert sorted(removed) == sorted(names[:2] + names[4:5])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".hidden", "model.safetensors", ".tmp-no-pid"])
+
+
+def test_atomic_write_gives_the_mode_a_plain_open_would(tmp_path):
+    path = tmp_path / "r.json"
+    write_json(path, {"a": 1})
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
