@@ -25,8 +25,8 @@ def fake_module(values=None):
 
     return types.SimpleNamespace(
         NAME="balancing", QUESTION="Is b worse than a?", METRIC="a number", HIGHER_IS_BETTER=False,
-        ARMS={"a": {"knob": 1}, "b": {"knob": 2}}, SEEDS=(0, 1, 2), settings=lambda quick: {"scale": 1.0, "quick": quick},
-        run=run)
+        ARMS={"a": {"knob": 1}, "b": {"knob": 2}}, SEEDS=(0, 1, 2),
+        settings=lambda quick: {"scale": 1.0, "quick": quick}, run=run)
 
 
 @pytest.fixture
@@ -154,6 +154,11 @@ def test_summarize_compares_differences_with_the_seed_spread(capsys):
     assert rows["far"]["beyond_spread"] is True and rows["far"]["better"] is False
     out = capsys.readouterr().out
     assert "close" in out and "within the seed spread" in out and "beyond the seed spread" in out
+    assert experiments.conclusion(res, "close", "base") == (
+        "close: 1.0500 ± 0.1000 against base: 1.0000 ± 0.1000 (3 seeds each): higher by 0.0500, "
+        "within the seed spread, so these seeds show no difference.")
+    assert experiments.conclusion(res, "far", "base").endswith("beyond the seed spread: far is worse on this metric.")
+    assert experiments.extra_stats(res, "maxvio")["far"][0] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="baseline 'x' is not an arm"):
         experiments.summarize(res, baseline="x", show=False)
 

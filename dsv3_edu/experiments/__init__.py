@@ -28,8 +28,13 @@ The JSON file (``std`` is the *sample* standard deviation over seeds, ddof=1; nu
     {"experiment": NAME, "question": ..., "metric": ..., "higher_is_better": false,
      "command": "python -m dsv3_edu.experiments NAME", "settings": {...},
      "arms": {ARM: {"seeds": [0, 1, 2], "values": [...], "mean": ..., "std": ...,
-                    "extra": {KEY: [one value per seed]}, "arm_settings": {...}, "seconds": [...]}},
-     "versions": {"python": ..., "torch": ...}}
+                    "extra": {KEY: [one value per seed]}, "arm_settings": {...},
+                    "seconds": [...], "cpu_seconds": [...]}},
+     "std": "sample standard deviation over seeds (ddof=1); null with one seed",
+     "versions": {"python": ..., "torch": ...}, "seconds": ...}
+
+Reading them back: :func:`load`, :func:`summarize` (mean ± std per arm, each arm against a baseline),
+:func:`conclusion` (that comparison as one sentence), :func:`extra_stats`, :func:`plot` (error bars).
 """
 
 from __future__ import annotations
@@ -138,6 +143,38 @@ def summarize(
                 line += f"  vs {baseline}: {row['diff']:+.{digits}f} ({verdict})"
             print(line)
     return out
+
+
+def conclusion(name_or_results: str | dict[str, Any], arm: str, baseline: str, digits: int = 4) -> str:
+    """One sentence comparing ``arm`` with ``baseline``, computed from the results (the lessons print it).
+
+    For example: "loss_free: 0.8393 ± 0.0050 against aux_1e-2: 0.8372 ± 0.0061 (3 seeds each): higher by
+    0.0021, within the seed spread, so these seeds show no difference." (rule of :func:`summarize`).
+    """
+    res = _results(name_or_results)
+    rows = summarize(res, baseline=baseline, show=False)
+    if arm not in rows:
+        raise ValueError(f"arm {arm!r} is not in {res['experiment']}: {', '.join(rows)}")
+    a, b = rows[arm], rows[baseline]
+
+    def ms(row: dict[str, Any]) -> str:
+        return f"{row['mean']:.{digits}f}" + ("" if row["std"] is None else f" ± {row['std']:.{digits}f}")
+
+    seeds = f"{a['n']} seeds each" if a["n"] == b["n"] else f"{a['n']} and {b['n']} seeds"
+    text = f"{arm}: {ms(a)} against {baseline}: {ms(b)} ({seeds})"
+    if a["diff"] == 0:
+        return text + ": the same."
+    direction = "higher" if a["diff"] > 0 else "lower"
+    text += f": {direction} by {abs(a['diff']):.{digits}f}, "
+    if not a["beyond_spread"]:
+        return text + "within the seed spread, so these seeds show no difference."
+    return text + f"beyond the seed spread: {arm} is {'better' if a['better'] else 'worse'} on this metric."
+
+
+def extra_stats(name_or_results: str | dict[str, Any], key: str) -> dict[str, tuple[float, float | None]]:
+    """{arm: (mean, sample std)} of one numeric extra metric (for example balancing's "maxvio_global")."""
+    res = _results(name_or_results)
+    return {arm: mean_std([float(v) for v in extra_values(res, arm, key)]) for arm in res["arms"]}
 
 
 def extra_values(res: dict[str, Any], arm: str, key: str) -> list[Any]:
