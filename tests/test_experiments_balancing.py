@@ -60,6 +60,21 @@ def test_proportional_bias_update_follows_its_formula():
         update_bias(moe, gamma=0.1, rule="both")
 
 
+def test_trainer_mode_loss_free_proportional_takes_proportional_steps():
+    from dsv3_edu.train import preset, train
+
+    gamma = 1e-2
+    mc, tc = preset("smoke", steps=5, balance="loss_free_proportional", gamma=gamma, record_routing=True,
+                    device="cpu")
+    _, history = train(mc, tc, progress=False)
+    previous = torch.zeros_like(torch.tensor(history[0]["bias"]))
+    for record in history:
+        bias, loads = torch.tensor(record["bias"]), torch.tensor(record["loads"], dtype=torch.float64)  # (L, E)
+        mean = loads.mean(-1, keepdim=True)
+        torch.testing.assert_close((bias - previous).double(), gamma * (mean - loads) / mean, atol=1e-6, rtol=0)
+        previous = bias
+
+
 def test_specialization_is_zero_for_imbalanced_but_unspecialized_routing():
     # expert 0 takes 70% of every domain's tokens: busy, but it sees the corpus' domain mix
     mix = {"prose": [[70, 20, 10]], "code": [[140, 40, 20]]}
