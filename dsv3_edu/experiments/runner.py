@@ -191,8 +191,7 @@ def run_experiment(
             bars[key] = tqdm(total=total, desc=f"{arm} seed {seed}", disable=not progress, leave=True)
         bar = bars[key]
         bar.total = total
-        bar.n = done
-        bar.refresh()
+        bar.update(done - bar.n)  # tqdm redraws at most every mininterval
 
     def finished(record: dict[str, Any]) -> None:
         key = (record["arm"], record["seed"])
