@@ -17,8 +17,9 @@ it is overhead- or compute-bound, t_2 approaches 2 t_1 and it cannot.
 Arms:
 
 - ``tiny_dsv3``: the shipped model (``data/tiny-dsv3``, d = 128, ``dsv3_edu.load_pretrained``). Seed s is a
-  prompt set: <bos> + the first 32 bytes of validation documents s*P .. s*P+P-1 of every domain
-  (P = ``prompts_per_domain``; held out: the model never trained on the validation split), 256 new tokens.
+  prompt set: <bos> + the first 32 bytes of validation documents, the distinct prompts s*P .. s*P+P-1 of
+  every domain (P = ``prompts_per_domain``, :func:`prompt_set`; held out: the model never trained on the
+  validation split), 256 new tokens.
   Extra: acceptance pooled and split by the position of the drafted token among the new tokens
   (0-31, 32-63, 64+), the fraction of generated tokens that repeat an earlier n-gram (n = 16 bytes: the
   16 tokens ending at it occurred earlier in prompt + output) and the acceptance on drafted tokens that
@@ -95,14 +96,22 @@ def width_config(d: int, dense: bool = False) -> ModelConfig:
 
 
 def prompt_set(seed: int, per_domain: int, prompt_bytes: int = 32) -> list[tuple[str, torch.Tensor]]:
-    """Seed s's prompts: <bos> + the first ``prompt_bytes`` bytes of validation documents s*P .. s*P+P-1."""
+    """Seed s's prompts: <bos> + the first ``prompt_bytes`` bytes of validation documents, per domain the
+    distinct prompts s*P .. s*P+P-1 in document order (templated documents can begin alike; a prompt is
+    used once, so seeds never share one)."""
     tok, corpus = ByteTokenizer(), load_corpus("validation")
     out = []
     for domain in DOMAINS:
-        docs = documents(corpus[domain])[seed * per_domain : (seed + 1) * per_domain]
-        if len(docs) < per_domain:
-            raise ValueError(f"seed {seed}: the validation split of {domain!r} has too few documents")
-        out += [(domain, torch.tensor([tok.encode(doc, add_bos=True)[: 1 + prompt_bytes]])) for doc in docs]
+        distinct: list[list[int]] = []
+        for doc in documents(corpus[domain]):
+            ids = tok.encode(doc, add_bos=True)[: 1 + prompt_bytes]
+            if ids not in distinct:
+                distinct.append(ids)
+            if len(distinct) == (seed + 1) * per_domain:
+                break
+        else:
+            raise ValueError(f"seed {seed}: the validation split of {domain!r} has too few distinct prompts")
+        out += [(domain, torch.tensor([ids])) for ids in distinct[seed * per_domain :]]
     return out
 
 
