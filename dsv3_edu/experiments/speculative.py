@@ -38,7 +38,10 @@ from the measured step costs, in CPU time of this process on one thread (CPU tim
 inflates least; wall-clock ratios are kept in extra). Extra: t_1, t_2, t_draft (medians, milliseconds),
 the forward cost ratio t_2 / t_1, the draft cost ratio t_draft / t_1, the break-even acceptance.
 Everything is measured for both MLA paths: "absorbed" (the value: the decoding path of [V2] 2.1.2) and
-"naive" (the path ``python -m dsv3_edu.bench mtp`` reported 1.27x for).
+"naive" (the path ``python -m dsv3_edu.bench mtp`` reported 1.27x for). ``extra.linear`` (:func:`linear_costs`)
+times one weight matrix of the arm's width on one and two tokens: with torch's ``F.linear`` on this CPU
+two tokens cost about twice one even for large matrices, while the same product written W @ X^T (W read
+once) costs little more than one token; that kernel effect, not the model, sets t_2 / t_1 at large widths.
 
 **Determinism**: this is the one experiment whose values are timings, so they are not bit-reproducible
 (expect a few percent between runs); it is exempt from the runner's reproduction rule. Its deterministic
@@ -53,6 +56,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ..checkpoint import load_pretrained
 from ..config import DATA_DIR, ModelConfig
@@ -212,6 +216,26 @@ def step_costs(model: DeepSeekV3, context: torch.Tensor, repeats: int, attn_impl
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+@torch.no_grad()
+def linear_costs(d: int, repeats: int, seed: int = 0) -> dict[str, float]:
+    """Why t_2 / t_1 is not ~1 on a CPU even where the weights dominate: one (3d, d) matrix (the dense FFN's
+    up projection) applied to one and to two token vectors, median CPU milliseconds. ``linear1`` /
+    ``linear2``: ``F.linear`` as the model calls it; ``stream2``: the same product as W @ X^T, which reads
+    W once for both tokens (what a memory-bound decode kernel does)."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(3 * d, d, generator=gen)
+    x1, x2 = torch.randn(1, 1, d, generator=gen), torch.randn(1, 2, d, generator=gen)
+    pieces = {"linear1": lambda: F.linear(x1, w), "linear2": lambda: F.linear(x2, w), "stream2": lambda: w @ x2[0].T}
+    times: dict[str, list[float]] = {k: [] for k in pieces}
+    for _ in range(repeats):
+        for k, fn in pieces.items():
+            times[k].append(_cpu_ms(fn))
+    out = {k: statistics.median(v) for k, v in times.items()}
+    out["ratio_linear"] = out["linear2"] / out["linear1"]
+    out["ratio_stream"] = out["stream2"] / out["linear1"]
+    return out
+
+
 def predicted_speedup(costs: dict[str, float], a: float) -> float:
     """(1 + a) t1 / (t2 + a t_draft2 + (1 - a) t_draft1): tokens per step over the step's cost in greedy steps."""
     return (1 + a) * costs["t1"] / (costs["t2"] + a * costs["t_draft2"] + (1 - a) * costs["t_draft1"])
@@ -286,6 +310,7 @@ def run(arm: str, seed: int, settings: dict, progress=None) -> tuple[float, dict
         context = torch.randint(model.config.vocab_size, (1, settings["context_tokens"]), generator=gen)
     tick()
     extra["parameters"] = sum(p.numel() for p in model.parameters())
+    extra["linear"] = linear_costs(model.config.hidden_size, settings["cost_repeats"], seed)
     for impl in settings["attn_impls"]:
         costs = cost_summary(step_costs(model, context, settings["cost_repeats"], impl))
         extra[impl] = costs
