@@ -74,6 +74,8 @@ def test_step_costs_are_positive():
     context = torch.randint(0, 260, (1, 24))
     costs = exp.step_costs(model, context, repeats=2, attn_impl="absorbed")
     assert set(costs) == {"t1", "t2", "t_draft1", "t_draft2"} and all(v > 0 for v in costs.values())
+    lin = exp.linear_costs(64, repeats=2)
+    assert lin["ratio_linear"] == lin["linear2"] / lin["linear1"] and lin["stream2"] > 0
 
 
 def test_quick_run_deterministic_parts():
@@ -89,4 +91,4 @@ def test_quick_run_deterministic_parts():
     for arm in exp.ARMS:
         if arm != "tiny_dsv3":
             v, e = exp.run(arm, 0, QUICK, None)
-            assert v > 0 and e["parameters"] > 0 and "naive" in e
+            assert v > 0 and e["parameters"] > 0 and "naive" in e and "ratio_stream" in e["linear"]
