@@ -17,13 +17,14 @@ Metric: the main model's validation loss (``train.evaluate``'s ``val_main_loss``
 ``main_acc_same``), plus ``agree`` (the draft equals the main model's greedy choice there: the acceptance
 rate of greedy speculative decoding on the validation text).
 
-Why depth k does worse than the main model on the same targets: depth k at position i predicts t_{i+k+1}
-from t_0 .. t_{i+k}, exactly the tokens the main model sees at position i+k when it predicts that same
-token. It does not lack information; it lacks computation: the main model's stack has processed only
-t_0 .. t_i, and the k newest tokens enter through k single MTP blocks (one transformer layer each) instead
-of all the main layers. Depth 2 runs its two newest tokens through even less, so its loss is higher again.
-(Compared over *all* positions, the main model would also be charged for the first k targets, the hardest,
-which the MTP depths never predict; hence the comparison on the same targets.)
+Comparing depth k with the main model: depth k at position i predicts t_{i+k+1} from t_0 .. t_{i+k}, exactly
+the tokens the main model has seen at position i+k when it predicts that same token. On the same targets the
+two differ only in how those tokens were processed: the k newest tokens reach depth k through MTP blocks
+only (the newest through a single block), while the whole chain, main layers then k MTP blocks, is k
+transformer layers deeper than the main model. Which effect wins depends on the model and on each depth's
+share of the loss (lambda / D); the extra metrics measure it per depth. (Over *all* positions the main model
+would also be charged for the first k targets, the hardest, which no depth-k module predicts; hence the
+comparison on the same targets.)
 """
 
 from __future__ import annotations
