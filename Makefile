@@ -35,7 +35,7 @@ PIP_FROM := $(if $(wildcard $(WHEELHOUSE)/wheelhouse.txt),--no-index --find-link
 # nothing to do with a wheelhouse (it holds the CPU build) or off Linux x86_64.
 define cpu_torch
 $(if $(and $(CPU_TORCH),$(if $(PIP_FROM),,yes)),$(1) -m pip install --quiet --no-deps --index-url $(TORCH_INDEX) \
-	'$(TORCH_PIN)' || echo "** $(TORCH_INDEX) not reachable: pip takes torch from PyPI, on Linux the CUDA build (several GB)")
+	'$(TORCH_PIN)' || echo "** $(TORCH_INDEX) not reachable: pip takes torch from PyPI (on Linux the CUDA build: several GB)")
 endef
 # Maintainer tools (Sphinx for `make site`, Playwright for `make browser-test`) live in their own venv,
 # pinned in .ci/constraints-tools.txt, so the course's environment (.venv) does not grow.

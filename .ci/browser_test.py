@@ -21,7 +21,9 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import secrets
+import signal
 import shutil
 import socket
 import subprocess
@@ -89,6 +91,14 @@ def free_port() -> int:
 def start_lab(jupyter: str, root: Path):
     port, token = free_port(), secrets.token_hex(16)
     state = WORK / "jupyter"
+    # Render every cell (JupyterLab 4 only renders the cells near the viewport by default), and start the
+    # notebook's kernel without asking.
+    settings = state / "config" / "lab" / "user-settings" / "@jupyterlab"
+    for path, value in ((settings / "notebook-extension" / "tracker.jupyterlab-settings", {"windowingMode": "none"}),
+                        (settings / "apputils-extension" / "sessionDialogs.jupyterlab-settings",
+                         {"skipKernelRestartDialog": True})):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value))
     env = dict(os.environ, **NBENV, JUPYTER_CONFIG_DIR=str(state / "config"), JUPYTER_DATA_DIR=str(state / "data"),
                JUPYTER_RUNTIME_DIR=str(state / "runtime"))
     cmd = [jupyter, "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1", f"--ServerApp.root_dir={root}",
@@ -203,15 +213,33 @@ def move_controls(page, panel, report):
             else:
                 report["dead"].append(f"cell {i} {kind} '{label}': the output did not change")
             wait_idle(panel, 60)
+            # Put it back, so that each control is tried from the lesson's own settings (two moved
+            # controls together can make an invalid combination, which the widget answers with a message).
+            moved = digest(cell)
+            try:
+                act(page, cell, kind, j, back=True)
+                wait_change(cell, moved, timeout_s=10)
+                wait_idle(panel, 60)
+            except Exception as err:
+                report["dead"].append(f"cell {i} {kind} {j}, moving back: {type(err).__name__}: {str(err)[:120]}")
 
 
-def act(page, cell, kind: str, j: int) -> str:
+_last_key: dict[tuple, str] = {}
+
+
+def act(page, cell, kind: str, j: int, back: bool = False) -> str:
+    """Move one control a step (or, with back=True, undo the last move of that control)."""
     if kind == "slider":
         handle = cell.locator(".noUi-handle").nth(j)
         handle.scroll_into_view_if_needed(timeout=10000)
         now, top = handle.get_attribute("aria-valuenow"), handle.get_attribute("aria-valuemax")
         handle.focus()
-        page.keyboard.press("ArrowLeft" if now is not None and now == top else "ArrowRight")
+        if back:
+            page.keyboard.press({"ArrowLeft": "ArrowRight", "ArrowRight": "ArrowLeft"}[_last_key[(id(cell), j)]])
+            return ""
+        key = "ArrowLeft" if now is not None and now == top else "ArrowRight"
+        _last_key[(id(cell), j)] = key
+        page.keyboard.press(key)
         label = cell.locator(".widget-slider, .widget-hslider").nth(j).locator(".widget-label").first
         return label.inner_text(timeout=2000) if label.count() else f"slider {j}"
     if kind == "dropdown":
@@ -219,16 +247,27 @@ def act(page, cell, kind: str, j: int) -> str:
         select.scroll_into_view_if_needed(timeout=10000)
         options = select.locator("option")
         current = select.evaluate("s => s.selectedIndex")
-        select.select_option(index=(current + 1) % options.count())
+        step = -1 if back else 1
+        select.select_option(index=(current + step) % options.count())
         label = cell.locator(".widget-dropdown").nth(j).locator(".widget-label").first
         return label.inner_text(timeout=2000) if label.count() else f"dropdown {j}"
     group = cell.locator(".widget-toggle-buttons").nth(j)
     buttons = group.locator("button")
     group.scroll_into_view_if_needed(timeout=10000)
     pressed = [k for k in range(buttons.count()) if "mod-active" in (buttons.nth(k).get_attribute("class") or "")]
-    target = ((pressed[0] + 1) if pressed else 0) % buttons.count()
+    target = ((pressed[0] + (-1 if back else 1)) if pressed else 0) % buttons.count()
     buttons.nth(target).click()
     return f"toggle {j}"
+
+
+def accept_kernel_dialog(page, wait_s: float = 3):
+    """Click "Select" if JupyterLab asks which kernel to start (it proposes the notebook's own)."""
+    dialog = page.locator(".jp-Dialog").filter(has_text="Select Kernel")
+    try:
+        dialog.first.wait_for(state="visible", timeout=wait_s * 1000)
+    except Exception:
+        return
+    dialog.first.get_by_role("button", name="Select").click()
 
 
 def check_lesson(page, base: str, token: str, name: str, kernel_errors: KernelErrors, run_timeout_s: float) -> dict:
@@ -240,16 +279,29 @@ def check_lesson(page, base: str, token: str, name: str, kernel_errors: KernelEr
     page.goto(f"{base}/lab/tree/{name}?reset&token={token}", wait_until="domcontentloaded")
     panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)").filter(has=page.locator(".jp-Notebook")).first
     panel.wait_for(state="visible", timeout=120000)
+    accept_kernel_dialog(page)
     panel.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(timeout=120000)
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_text("Run All Cells", exact=True).click()
-    time.sleep(2)
+    accept_kernel_dialog(page)
+    prompts = panel.locator(".jp-CodeCell .jp-InputPrompt")
+    report["cells"] = prompts.count()
+
+    def ran() -> int:
+        return sum(1 for k in range(report["cells"]) if re.search(r"\[\d+\]", prompts.nth(k).inner_text()))
+
+    for _attempt in range(3):  # a Run All sent while the kernel is still starting can be dropped: send it again
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_text("Run All Cells", exact=True).click()
+        accept_kernel_dialog(page)
+        deadline = time.time() + 30
+        while time.time() < deadline and ran() == 0 and not panel.locator(".jp-InputPrompt").filter(
+                has_text="[*]").count():
+            time.sleep(1)
+        if ran() or panel.locator(".jp-InputPrompt").filter(has_text="[*]").count():
+            break
     if not wait_idle(panel, run_timeout_s):
         report["errors"].append(f"Run All did not finish within {run_timeout_s:.0f} s")
     report["run_s"] = time.time() - start
-    prompts = panel.locator(".jp-CodeCell .jp-InputPrompt")
-    report["cells"] = prompts.count()
-    report["ran"] = sum(1 for k in range(report["cells"]) if prompts.nth(k).inner_text().strip() not in ("[ ]:", ""))
+    report["ran"] = ran()
     if report["ran"] < report["cells"]:
         report["errors"].append(f"only {report['ran']} of {report['cells']} code cells ran")
     move_controls(page, panel, report)
@@ -273,6 +325,7 @@ def shut_down_kernels(page, base: str, token: str):
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop JupyterLab and its kernels on the way out
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--jupyter", default=str(ROOT / ".venv" / "bin" / "jupyter"))
@@ -280,6 +333,9 @@ def main() -> int:
     parser.add_argument("notebooks", nargs="*", help="lessons (default: every notebooks/NN_*.ipynb)")
     args = parser.parse_args()
     chromium = need_chromium(args.chromium)
+    jupyter = os.path.abspath(args.jupyter)
+    if not os.access(jupyter, os.X_OK):
+        sys.exit(f"browser-test: no JupyterLab at {args.jupyter}: run `make install` first (make browser-test does)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -287,7 +343,7 @@ def main() -> int:
     names = [Path(n).name for n in args.notebooks] or sorted(
         p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     root = prepare_copy(names)
-    proc, base, token = start_lab(args.jupyter, root)
+    proc, base, token = start_lab(jupyter, root)
     failed, totals, start = [], dict(moved=0, redrew=0, widget_cells=0), time.time()
     try:
         with sync_playwright() as p:

@@ -4,7 +4,7 @@
 # (no config files, no PIP_* variables, so no other folder of wheels can help). Then check the result:
 # pip check, the CPU-only torch on Linux x86_64, and the course's own environment check.
 # Usage: .ci/check_wheelhouse.sh [WHEELHOUSE]   (run `make wheelhouse` first; .ci/run does)
-# --no-compile: no .pyc files written at install time (half the time; Python compiles on first import).
+# --no-compile: no .pyc files written at install time (Python compiles them on first import).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 wheelhouse=${1:-wheelhouse}
