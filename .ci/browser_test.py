@@ -23,8 +23,8 @@ import json
 import os
 import re
 import secrets
-import signal
 import shutil
+import signal
 import socket
 import subprocess
 import sys

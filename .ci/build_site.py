@@ -178,6 +178,7 @@ def main() -> int:
         print(f"site: sphinx failed (exit {result.returncode}); the previous {out} is left as it was", file=sys.stderr)
         return result.returncode
     prune_mathjax(tmp / "_static" / "mathjax")
+    shutil.rmtree(tmp.parent / "jupyter_execute", ignore_errors=True)  # myst-nb's (empty) execution folder
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

@@ -47,7 +47,8 @@ def test_widget_outputs_become_notes_naming_their_controls():
     cell = nb["cells"][0]
     assert widgets == 1 and cell["source"] == "explorer()" and "widgets" not in nb["metadata"]
     note = cell["outputs"][0]["data"]["text/html"]
-    assert "Live in JupyterLab" in note and "<code>layer</code> (slider)" in note and "<code>dtype</code> (dropdown)" in note
+    assert "Live in JupyterLab" in note
+    assert "<code>layer</code> (slider)" in note and "<code>dtype</code> (dropdown)" in note
 
 
 def test_colab_cell_is_inserted_once_and_does_nothing_here():
