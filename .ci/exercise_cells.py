@@ -110,7 +110,7 @@ def answer_source(source: str, ex: Exercise, solution_fn) -> str:
     shown = textwrap.indent(textwrap.dedent(inspect.getsource(solution_fn)).rstrip(), "#     ")
     key = [f"# Answer key: {ex.module}.{ex.solution}", "#", shown]
     if ex.kind == "function":
-        key.append(f"from {ex.module} import {ex.solution} as {ex.answer}  # noqa: E402")
+        key.append(f"from {ex.module} import {ex.solution} as {ex.answer}")
     else:
-        key += [f"from {ex.module} import {ex.solution}  # noqa: E402", "", f"{ex.answer} = {ex.solution}()"]
+        key += [f"from {ex.module} import {ex.solution}", "", f"{ex.answer} = {ex.solution}()"]
     return "\n".join(lines[: first - 1] + key + lines[last:])
