@@ -43,7 +43,7 @@ TOOLS_VENV ?= .venv-tools
 TOOLS := $(TOOLS_VENV)/bin/python
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: lab test lint unit nbval notebooks bench lock clean install wheelhouse site browser-test answers lock-tools
+.PHONY: lab test lint unit nbval notebooks bench lock clean install wheelhouse site browser-test answers core lock-tools
 
 install: $(STAMP)
 
@@ -110,6 +110,10 @@ browser-test: $(STAMP) $(TOOLS_VENV)/.browser-installed
 
 answers: $(STAMP)
 	$(NB_ENV) $(BIN)/python .ci/answers.py $(NB)
+
+# Each lesson without its cells tagged deep-dive runs on its own (and the tags and banners are in place).
+core: $(STAMP)
+	$(NB_ENV) $(BIN)/python .ci/core_route.py $(NB)
 
 # Re-pin the tools' venv after changing the site or browser extras.
 lock-tools: $(TOOLS_VENV)/.site-installed $(TOOLS_VENV)/.browser-installed

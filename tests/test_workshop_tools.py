@@ -72,3 +72,27 @@ def test_tools_extras_are_pinned_consistently_with_the_course():
     assert {k: (v, tools[k]) for k, v in course.items() if k in tools and tools[k] != v} == {}
     assert "Sphinx" not in course and "playwright" not in course  # make test's environment does not grow
     json.loads(json.dumps(tools))
+
+
+def test_core_route_tagging_rules():
+    import core_route
+    import nbformat
+
+    def nb(*cells):
+        out = nbformat.v4.new_notebook()
+        for kind, text, deep in cells:
+            cell = (nbformat.v4.new_code_cell if kind == "code" else nbformat.v4.new_markdown_cell)(text)
+            if deep:
+                cell.metadata["tags"] = ["deep-dive"]
+            out.cells.append(cell)
+        return out
+
+    banner = core_route.BANNER + " (optional):** more. Skip it on the core route."
+    good = nb(("markdown", "# 00", False), ("code", "x = 1", False),
+              ("markdown", banner, True), ("code", "y = x", True))
+    assert core_route.tagging_problems(good) == []
+    assert "no cell is tagged" in core_route.tagging_problems(nb(("code", "x = 1", False)))[0]
+    no_banner = nb(("code", "x = 1", False), ("code", "y = x", True))
+    assert "without its banner" in core_route.tagging_problems(no_banner)[0]
+    all_deep = nb(("markdown", banner, True), ("code", "y = 1", True))
+    assert any("no core route" in p for p in core_route.tagging_problems(all_deep))
