@@ -1,8 +1,9 @@
 """Every lesson in a real JupyterLab, driven by Playwright in headless chromium (called by `make browser-test`).
 
 For each lesson: open it, Run All Cells, wait until every code cell has run, then move every slider
-(keyboard on its handle), pick another entry of every dropdown and click every toggle button, and check
-that the lesson's output under that widget changed. Fails on any error output in the notebook, any
+(keyboard on its handle), pick another entry of every dropdown, click every toggle and push button, and
+check that the lesson's output under that widget changed (a setting that acts on the next click, such as
+steps per click, passes when the widget's first button then redraws). Fails on any error output in the notebook, any
 traceback the kernel sends (widget callbacks included, which JupyterLab only logs), and any JavaScript
 error in the page. Keeps one screenshot per lesson in build/screenshots/.
 
@@ -200,6 +201,13 @@ def move_controls(page, panel, report):
             actions.append(("dropdown", j))
         for j in range(cell.locator(".widget-toggle-buttons").count()):
             actions.append(("toggle", j))
+        buttons = cell.locator(".widget-button")
+        for k in range(buttons.count()):  # every push button (step, reset, ...) must redraw too
+            report["moved"] += 1
+            if click_and_wait(buttons.nth(k), cell, panel):
+                report["redrew"] += 1
+            else:
+                report["dead"].append(f"cell {i} button '{buttons.nth(k).inner_text()}': the output did not change")
         for kind, j in actions:
             before = digest(cell)
             try:
@@ -210,6 +218,8 @@ def move_controls(page, panel, report):
             report["moved"] += 1
             if wait_change(cell, before):
                 report["redrew"] += 1
+            elif buttons.count() and click_and_wait(buttons.first, cell, panel):
+                report["redrew"] += 1  # a setting that acts on the next click (e.g. steps per click)
             else:
                 report["dead"].append(f"cell {i} {kind} '{label}': the output did not change")
             wait_idle(panel, 60)
@@ -222,6 +232,15 @@ def move_controls(page, panel, report):
                 wait_idle(panel, 60)
             except Exception as err:
                 report["dead"].append(f"cell {i} {kind} {j}, moving back: {type(err).__name__}: {str(err)[:120]}")
+
+
+def click_and_wait(button, cell, panel) -> bool:
+    before = digest(cell)
+    button.scroll_into_view_if_needed(timeout=10000)
+    button.click()
+    changed = wait_change(cell, before, timeout_s=20)
+    wait_idle(panel, 60)
+    return changed
 
 
 _last_key: dict[tuple, str] = {}
