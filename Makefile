@@ -2,6 +2,11 @@
 #   make lab    create .venv if missing, install, start JupyterLab on notebooks/
 #   make test   lint, unit tests, then strict nbval over every notebook
 # Both install only when pyproject.toml or .ci/constraints.txt changed.
+# For workshops and maintainers:
+#   make wheelhouse     download every pinned wheel into wheelhouse/ (then lab/test install with no network)
+#   make browser-test   every lesson in JupyterLab in headless chromium: run, move every widget, screenshot
+#   make site           static HTML site of the recorded lessons in build/site/ (opens from file://)
+#   make answers        every lesson with its exercises solved, executed, in build/answers/
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,13 +21,36 @@ NBVAL := --nbval --nbval-current-env --nbval-sanitize-with .ci/nbval_sanitize.cf
          -p nbtiming -p no:cacheprovider
 XDIST ?= -n 2 --dist loadscope
 
-.PHONY: lab test lint unit nbval notebooks bench lock clean install
+# PyTorch: on Linux x86_64 PyPI's torch is the CUDA build (several GB of nvidia-* wheels the course never
+# uses); PyTorch's CPU index has the CPU-only build (about 190 MB). macOS and Windows wheels on PyPI are CPU-only.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_PIN := $(shell grep -i '^torch==' .ci/constraints.txt)
+CPU_TORCH := $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m))
+# Offline classroom: once `make wheelhouse` has finished (it writes wheelhouse/wheelhouse.txt last), every
+# install below takes its wheels from wheelhouse/ and never touches the network.
+WHEELHOUSE ?= wheelhouse
+BUILD_PIN ?= setuptools==84.2.1
+PIP_FROM := $(if $(wildcard $(WHEELHOUSE)/wheelhouse.txt),--no-index --find-links $(WHEELHOUSE))
+# Installs the CPU-only torch first with $(1)'s pip (then the main install finds torch satisfied);
+# nothing to do with a wheelhouse (it holds the CPU build) or off Linux x86_64.
+define cpu_torch
+$(if $(and $(CPU_TORCH),$(if $(PIP_FROM),,yes)),$(1) -m pip install --quiet --no-deps --index-url $(TORCH_INDEX) \
+	'$(TORCH_PIN)' || echo "** $(TORCH_INDEX) not reachable: pip takes torch from PyPI (on Linux the CUDA build: several GB)")
+endef
+# Maintainer tools (Sphinx for `make site`, Playwright for `make browser-test`) live in their own venv,
+# pinned in .ci/constraints-tools.txt, so the course's environment (.venv) does not grow.
+TOOLS_VENV ?= .venv-tools
+TOOLS := $(TOOLS_VENV)/bin/python
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: lab test lint unit nbval notebooks bench lock clean install wheelhouse site browser-test answers core lock-tools
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml .ci/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c .ci/constraints.txt -e '.[lab,dev]'
+	$(call cpu_torch,$(BIN)/python)
+	$(BIN)/python -m pip install --quiet $(PIP_FROM) -c .ci/constraints.txt -e '.[lab,dev]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (dsv3-edu)" >/dev/null
 	$(BIN)/jupyter labextension disable --level=sys_prefix "@jupyterlab/apputils-extension:announcements" >/dev/null 2>&1
 	touch $(STAMP)
@@ -55,5 +83,43 @@ lock: $(STAMP)
 	  echo "# Re-generate with: make lock   (recorded notebook outputs depend on these versions)"; \
 	  $(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu$$//' ) > .ci/constraints.txt
 
+# Every pinned wheel of .ci/constraints.txt (the course) and .ci/constraints-tools.txt (site, browser test),
+# for this platform and Python, plus the build backend. Copy the folder to USB sticks or serve it on a LAN.
+wheelhouse:
+	mkdir -p $(WHEELHOUSE)
+	rm -f $(WHEELHOUSE)/wheelhouse.txt
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: -d $(WHEELHOUSE) \
+	    $(if $(CPU_TORCH),--index-url $(TORCH_INDEX)) '$(TORCH_PIN)'
+	grep -hv -e '^#' -e '^torch==' .ci/constraints.txt .ci/constraints-tools.txt | sort -u > $(WHEELHOUSE)/requirements.txt
+	echo '$(BUILD_PIN)' >> $(WHEELHOUSE)/requirements.txt
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: -d $(WHEELHOUSE) -r $(WHEELHOUSE)/requirements.txt
+	$(PYTHON) .ci/wheelhouse_summary.py $(WHEELHOUSE)
+
+$(TOOLS_VENV)/.%-installed: pyproject.toml .ci/constraints.txt .ci/constraints-tools.txt
+	test -x $(TOOLS) || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(PYTHON) .ci/extra_requirements.py $* > $(TOOLS_VENV)/$*-requirements.txt
+	$(TOOLS) -m pip install --quiet $(PIP_FROM) -c .ci/constraints.txt -c .ci/constraints-tools.txt -r $(TOOLS_VENV)/$*-requirements.txt
+	touch $@
+
+site: $(TOOLS_VENV)/.site-installed
+	$(TOOLS) .ci/build_site.py build/site
+	$(TOOLS) .ci/check_site.py build/site
+
+browser-test: $(STAMP) $(TOOLS_VENV)/.browser-installed
+	$(TOOLS) .ci/browser_test.py --chromium $(CHROMIUM) --jupyter $(BIN)/jupyter $(NB)
+
+answers: $(STAMP)
+	$(NB_ENV) $(BIN)/python .ci/answers.py $(NB)
+
+# Each lesson without its cells tagged deep-dive runs on its own (and the tags and banners are in place).
+core: $(STAMP)
+	$(NB_ENV) $(BIN)/python .ci/core_route.py $(NB)
+
+# Re-pin the tools' venv after changing the site or browser extras.
+lock-tools: $(TOOLS_VENV)/.site-installed $(TOOLS_VENV)/.browser-installed
+	( echo "# Pinned versions for the maintainer tools (make site, make browser-test) in $(TOOLS_VENV), installed with"; \
+	  echo "# -c .ci/constraints.txt too, so the packages both share have one version. Re-generate with: make lock-tools"; \
+	  $(TOOLS) -m pip freeze ) > .ci/constraints-tools.txt
+
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(TOOLS_VENV) build

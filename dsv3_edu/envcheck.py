@@ -1,5 +1,7 @@
 """Is this machine ready for the course? ``check_environment()`` prints one line per requirement
-and, for anything missing, the exact command that fixes it.
+and, for anything missing, the exact command that fixes it. `python -m dsv3_edu.envcheck` prints the
+report (exit status 1 if anything needs attention); `--failures` prints an example of every failure it
+can report, for the instructor guide.
 
 The printed table is the same on every machine that has the pinned environment (no absolute
 paths, no CPU model, no Python patch version), so lesson 00 can keep it as a checked output.
@@ -108,15 +110,17 @@ def _check_package(module: str, dist: str, purpose: str, pins: dict[str, str]) -
                  f"{FIX_PIP}  (recorded lesson outputs assume the pinned versions)")
 
 
-def _check_widget_extension(pins: dict[str, str]) -> Check:
-    version = _version("jupyterlab_widgets")
+def _check_widget_extension(pins: dict[str, str], version: str | None | bool = True,
+                            found: bool | None = None) -> Check:
+    """``version`` and ``found`` default to what is installed; failure_examples() passes simulated ones."""
+    version = _version("jupyterlab_widgets") if version is True else version
     if version is None:
         return Check("widget extension", "missing", "jupyterlab_widgets not installed: sliders will not show",
                      f"{FIX_INSTALL}, or: {FIX_PIP}")
     pin = pins.get("jupyterlab-widgets")
     if pin is not None and pin != version:
         return Check("widget extension", "differs", f"jupyterlab_widgets {version}, pinned {pin}", FIX_PIP)
-    if not _labextension_installed():
+    if not (_labextension_installed() if found is None else found):
         return Check("widget extension", "missing",
                      f"jupyterlab_widgets {version} is installed but JupyterLab cannot find {WIDGET_LABEXTENSION}",
                      f"reinstall it into the environment that runs JupyterLab: {FIX_PIP}")
@@ -193,5 +197,27 @@ def check_environment(print_report: bool = True, root: Path = REPO_ROOT) -> list
     return checks
 
 
+def failure_examples() -> list[Check]:
+    """One example of every failure the report can show, made by the checks themselves on simulated
+    problems: the list an instructor guide shows learners (`python -m dsv3_edu.envcheck --failures`)."""
+    import tempfile
+
+    elsewhere = Path(tempfile.gettempdir()) / "not-a-dsv3-edu-checkout"
+    return [
+        _check_python((3, 9, 0)),  # too old a Python
+        _check_package("torch", "dsv3-edu-simulated-missing", "tensors and autograd", {}),  # not installed
+        _check_package("torch", "torch", "tensors and autograd", {"torch": "0.0.0-simulated"}),  # another version
+        _check_widget_extension({}, version=None),  # no widget package: sliders do not show
+        _check_widget_extension({}, version="3.0.17", found=False),  # package in another environment than Lab's
+        _check_package_location(elsewhere),  # dsv3_edu imported from elsewhere than this checkout
+        _check_data(elsewhere),  # data/ missing
+    ]
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--failures"]:
+        print(format_report(failure_examples()).rsplit("\n", 1)[0])
+        sys.exit(0)
+    if sys.argv[1:]:
+        sys.exit("usage: python -m dsv3_edu.envcheck [--failures]   (--failures: every failure it can report)")
     sys.exit(0 if all(c.ok for c in check_environment()) else 1)

@@ -70,3 +70,13 @@ def test_mask_path(tmp_path):
     assert env.mask_path(env.REPO_ROOT / "data" / "x.json") == "data/x.json"
     assert env.mask_path(Path.home() / "a" / "b", root=tmp_path).startswith("~/")
     assert env.mask_path("/", root=tmp_path) == "<outside the repository>"
+
+
+def test_failure_examples_list_every_kind_of_failure():
+    examples = env.failure_examples()
+    assert all(not c.ok and c.fix for c in examples)
+    assert {(c.name, c.status) for c in examples} == {
+        ("python", "missing"), ("torch", "missing"), ("torch", "differs"), ("widget extension", "missing"),
+        ("dsv3_edu", "differs"), ("data/", "missing")}
+    assert any("cannot find @jupyter-widgets/jupyterlab-manager" in c.shown for c in examples)
+    assert any("sliders will not show" in c.shown for c in examples)
