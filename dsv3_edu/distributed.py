@@ -305,6 +305,10 @@ def rank_device(backend: str | None = None) -> torch.device:
 
 
 def _entry(rank: int, world_size: int, port: int, backend: str, result_dir: str, fn: Callable, args: tuple) -> None:
+    # The ranks' own prints and library warnings go to a log file, not into the caller's notebook cell.
+    log = os.open(Path(result_dir) / f"rank{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -341,9 +345,14 @@ def spawn(fn: Callable, world_size: int, *args: Any, backend: str | None = None)
         except mp.ProcessRaisedException as err:
             raise RuntimeError(f"rank {err.error_index} of {world_size} failed:\n{err}") from None
         except mp.ProcessExitedException as err:
-            raise RuntimeError(f"rank {err.error_index} of {world_size} died (exit code {err.exit_code}): "
-                               "out of memory, or killed") from None
+            raise RuntimeError(f"rank {err.error_index} of {world_size} died (exit code {err.exit_code}): out of "
+                               f"memory, or killed. Its last output:\n{_tail(tmp, err.error_index)}") from None
         return [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
+
+
+def _tail(folder: str, rank: int, chars: int = 2000) -> str:
+    path = Path(folder) / f"rank{rank}.log"
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(none)"
 
 
 # ------------------------------------------------------------------ expert parallelism, run
@@ -553,3 +562,32 @@ def all_reduce_loads(model: nn.Module, group: dist.ProcessGroup | None = None) -
     dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)
     for m, c in zip(layers, counts):
         m.tokens_per_expert.copy_(c)
+
+
+def _data_parallel_rank(rank: int, world_size: int, model_config: ModelConfig, runs: list[dict[str, Any]],
+                        ) -> list[dict[str, Any]]:
+    from .train import train  # train imports this module
+
+    results = []
+    for kwargs in runs:
+        model, history = train(model_config, progress=False, **kwargs)
+        results.append({"state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                        "history": history})
+    return results
+
+
+def run_data_parallel(model_config: ModelConfig, runs: list[dict[str, Any]], world_size: int = 2,
+                      backend: str | None = None) -> list[list[dict[str, Any]]]:
+    """Train data-parallel on ``world_size`` spawned processes, as ``torchrun`` would.
+
+    ``runs`` is a list of keyword arguments for ``dsv3_edu.train.train`` (``train_config``, ``sync_loads``,
+    ``out_dir``, ``resume``, ``stop_at``, ...), run one after the other in the same processes. Returns, per
+    rank, per run, ``{"state": the model's state_dict, "history": its history}`` (rank 0's history also
+    has the evaluations)."""
+    if not runs or not all(isinstance(r, dict) for r in runs):
+        raise ValueError("runs: give a list of keyword-argument dicts for dsv3_edu.train.train, one per run")
+    for r in runs:
+        if "train_config" not in r:
+            raise ValueError("each run needs a train_config (dsv3_edu.train.TrainConfig)")
+        check_global_batch(r["train_config"].batch_size, world_size)
+    return spawn(_data_parallel_rank, world_size, model_config, runs, backend=backend)

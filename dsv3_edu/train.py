@@ -20,6 +20,12 @@ batch-level auxiliary loss, weight ``aux_alpha``), "loss_free" (the bias update 
 The data order is a function of (seed, step): step s draws its batch from a generator seeded with
 both, so a run resumed from a checkpoint sees exactly the batches it would have seen, and gives the
 same losses and weights as a run that was never interrupted.
+
+Data parallel (lesson 11): ``torchrun --standalone --nproc_per_node=2 -m dsv3_edu.train ...`` trains
+with ``DistributedDataParallel`` (gloo on CPU, nccl on CUDA). ``batch_size`` stays the *global* batch:
+every rank draws the same batch and keeps its own slice, and the expert counts are summed over the
+ranks before the bias update (``dsv3_edu.distributed.all_reduce_loads``), so a W-process run ends with
+the weights and biases of the 1-process run. Only rank 0 evaluates, writes checkpoints and prints.
 """
 
 from __future__ import annotations
@@ -32,13 +38,17 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from . import distributed
 from .balance import (
     LoadTracker,
     max_violation,
@@ -351,6 +361,7 @@ def train(
     stop_at: int | None = None,
     train_data: BlockDataset | None = None,
     val_data: BlockDataset | None = None,
+    sync_loads: bool = True,
 ) -> tuple[DeepSeekV3, list[dict[str, Any]]]:
     """Train a DeepSeekV3 on the course corpus; return (model, history).
 
@@ -362,10 +373,13 @@ def train(
     ``torch.manual_seed(seed)``). ``out_dir``: write checkpoints there; ``resume``: continue from the one
     there. ``stop_at``: stop after that step, as if interrupted (for tests: resuming must give the same
     run). ``train_data``, ``val_data``: datasets to use instead of the shipped corpus splits (their
-    block_size must be the config's).
+    block_size must be the config's). Inside a process group (torchrun, ``distributed.spawn``) it trains
+    data-parallel; ``sync_loads=False`` skips the all-reduce of the expert counts (to show the biases drift).
     """
     cfg = train_config or TrainConfig()
     device = resolve_device(cfg.device)
+    rank, world = distributed.world()
+    distributed.check_global_batch(cfg.batch_size, world)
     if cfg.block_size > model_config.max_position_embeddings:
         raise ValueError(f"block_size={cfg.block_size} is more than max_position_embeddings="
                          f"{model_config.max_position_embeddings}")
@@ -378,6 +392,13 @@ def train(
         raise ValueError(f"balance={cfg.balance!r} needs MoE layers: this config has none "
                          "(first_k_dense_replace >= num_hidden_layers). Use balance='none'.")
     optimizer = make_optimizer(model, cfg)
+    # Experts a shard does not reach get no gradient there: find_unused_parameters. The balancing bias is
+    # a buffer that each rank updates itself: broadcast_buffers=False (rank 0's would overwrite it).
+    net = model
+    if world > 1:
+        with warnings.catch_warnings():  # torch 2.13 renames broadcast_buffers, keeping this meaning
+            warnings.simplefilter("ignore", FutureWarning)
+            net = DistributedDataParallel(model, broadcast_buffers=False, find_unused_parameters=True)
     train_data = train_data or BlockDataset("train", cfg.block_size)
     val_data = val_data or BlockDataset("validation", cfg.block_size)
     for name, data in (("train_data", train_data), ("val_data", val_data)):
@@ -394,14 +415,15 @@ def train(
         moe.tokens_per_expert.zero_()
     last = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
 
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"train ({cfg.balance})", leave=True)
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress or rank != 0, desc=f"train ({cfg.balance})",
+               leave=True)
     while step < last:
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = train_data.sample(cfg.batch_size, batch_generator(cfg.seed, step))
-        ids = batch.input_ids.to(device)
-        out = model(ids, labels=ids, mtp_lambda=cfg.mtp_lambda)
+        ids = distributed.shard_batch(batch.input_ids, rank, world).to(device)  # this rank's slice
+        out = net(ids, labels=ids, mtp_lambda=cfg.mtp_lambda)
         balance_loss = torch.zeros((), device=device)
         if cfg.balance == "loss_free_seq":
             balance_loss = model_sequence_balance_loss(model, cfg.seq_alpha)
@@ -412,6 +434,8 @@ def train(
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else 1e30)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if sync_loads:
+            distributed.all_reduce_loads(model)  # c_i over the global batch, as V3 counts them
         # Loads c_i of this step's batch, per layer; then the bias update (it resets the counts).
         loads = torch.stack([m.tokens_per_expert.clone() for m in layers]) if layers else None  # (L, E)
         if cfg.balance in ("loss_free", "loss_free_seq"):
@@ -420,22 +444,28 @@ def train(
             for moe in layers:
                 moe.tokens_per_expert.zero_()
         step += 1
+        mtp_loss = sum(m.detach() for m in out.mtp_losses) / len(out.mtp_losses) if out.mtp_losses else None
+        logged = torch.stack([loss.detach(), out.main_loss.detach(), balance_loss.detach(),
+                              mtp_loss if mtp_loss is not None else torch.zeros_like(loss)]).float()
+        if world > 1:  # the global batch's losses: the mean over ranks of their shards' means
+            dist.all_reduce(logged)
+            logged /= world
         record: dict[str, Any] = {
-            "step": step, "loss": loss.item(), "main_loss": out.main_loss.item(),
-            "mtp_loss": sum(m.item() for m in out.mtp_losses) / len(out.mtp_losses) if out.mtp_losses else None,
-            "balance_loss": balance_loss.item(), "lr": lr, "grad_norm": float(grad_norm),
+            "step": step, "loss": logged[0].item(), "main_loss": logged[1].item(),
+            "mtp_loss": logged[3].item() if mtp_loss is not None else None,
+            "balance_loss": logged[2].item(), "lr": lr, "grad_norm": float(grad_norm),
         }
         if loads is not None:
             record["maxvio_batch"] = float(max_violation(loads).mean())
             if cfg.record_routing:
                 record["loads"] = loads.tolist()
                 record["bias"] = [m.gate.e_score_correction_bias.tolist() for m in layers]
-        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+        if rank == 0 and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
             record.update(evaluate(model, val_data, cfg.batch_size, cfg.eval_blocks_per_domain, cfg.mtp_lambda))
         history.append(record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3f}", maxvio=f"{record.get('maxvio_batch', 0.0):.2f}", refresh=False)
-        if out_dir is not None and ((cfg.save_every and step % cfg.save_every == 0) or step == last):
+        if rank == 0 and out_dir is not None and ((cfg.save_every and step % cfg.save_every == 0) or step == last):
             save_checkpoint(out_dir, model, optimizer, step, history, cfg)
     bar.close()
     return model, history
@@ -466,9 +496,21 @@ def main(argv: list[str] | None = None) -> int:
     model_config, train_config = preset(args.preset, **overrides)
     if args.resume and not args.out:
         parser.error("--resume needs --out (the folder that holds the checkpoint)")
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's processes
+    try:
+        distributed.check_global_batch(train_config.batch_size, world)
+    except ValueError as err:
+        parser.error(str(err))
+    context = distributed.init_from_env(train_config.device)
     start = time.perf_counter()
-    model, history = train(model_config, train_config, out_dir=args.out, progress=not args.no_progress,
-                           resume=args.resume)
+    try:
+        model, history = train(model_config, train_config, out_dir=args.out, progress=not args.no_progress,
+                               resume=args.resume)
+    finally:
+        if context is not None:
+            dist.destroy_process_group()
+    if context is not None and context.rank != 0:
+        return 0  # only rank 0 reports
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{args.preset}: {n_params:,} parameters, {train_config.steps} steps, {time.perf_counter() - start:.0f} s")
     final = history[-1] if history else {}

@@ -8,7 +8,6 @@ import torch
 
 from dsv3_edu import distributed as D
 from dsv3_edu.bench import ep as bench_ep
-from dsv3_edu.moe import MoE
 
 torch.set_num_threads(1)
 

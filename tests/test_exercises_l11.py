@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from exercise_helpers import run, stub
 
 from dsv3_edu.exercises import l11_distributed as ex
-
-from exercise_helpers import run, stub
 
 
 @pytest.mark.parametrize("name", ["send_counts", "global_bias_step"])

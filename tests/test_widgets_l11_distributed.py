@@ -39,7 +39,7 @@ def test_table_and_figure():
 def test_every_control_redraws_and_bad_combinations_explain():
     box = L.ep_explorer()
     assert box.image.value and "M = 2" in box.html.value
-    before_png, before_html = box.image.value, box.html.value
+    before_png = box.image.value
     box.controls["world_size"].value = 8
     assert box.image.value != before_png and "8 ranks" in box.html.value
     html = box.html.value
