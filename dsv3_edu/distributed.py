@@ -137,49 +137,54 @@ class Redundancy(NamedTuple):
 
 
 def simulate_redundancy(expert_loads: torch.Tensor, world_size: int, n_redundant: int) -> Redundancy:
-    """Duplicate the most-loaded experts onto the least-loaded ranks ([V3] 3.4.1's redundant experts).
+    """Duplicate hot experts onto lightly loaded ranks ([V3] 3.4.1's redundant experts), on counts.
 
-    Greedy, ``n_redundant`` times: take the expert with the largest load per copy, put one more copy on
-    the least-loaded rank that does not hold it yet and still has a free slot (each rank has
-    ceil(n_redundant / W) slots, as V3's one extra expert per GPU), and split that expert's tokens evenly
-    over its copies. A simulation on counts: no token is moved, and a real system splits by token."""
+    Each rank has ceil(n_redundant / W) free slots (V3 at prefill: one extra expert per GPU). Greedy,
+    ``n_redundant`` times: among every (expert, rank) pair where the rank has a free slot and no copy of
+    the expert yet, place the copy that leaves the busiest rank least busy (ties: the smaller sum of
+    squared rank loads, then the lower expert and rank ids). An expert's tokens are split evenly over its
+    copies. It stops early when the best remaining copy would make the busiest rank busier (a copy
+    forced onto the busiest rank), so ``copies`` may be shorter than ``n_redundant``. A simulation: no
+    token moves, and a real system splits by token, not by fractions."""
     loads = torch.as_tensor(expert_loads, dtype=torch.float64).flatten()
     E = loads.numel()
     check_world_size(world_size, E)
     if isinstance(n_redundant, bool) or not isinstance(n_redundant, int) or n_redundant < 0:
         raise ValueError(f"n_redundant={n_redundant!r}: give the number of extra expert copies, 0 or more")
-    per = E // world_size
     if n_redundant > E * (world_size - 1):
         raise ValueError(f"n_redundant={n_redundant}: at most {E * (world_size - 1)} copies fit "
                          f"({E} experts, each on at most {world_size} ranks)")
+    per = E // world_size
     holders = [{e // per} for e in range(E)]  # ranks that hold a copy of expert e
     slots = [-(-n_redundant // world_size)] * world_size
     copies: list[tuple[int, int]] = []
 
-    def per_rank() -> torch.Tensor:
+    def per_rank(holders: list[set[int]]) -> torch.Tensor:
         out = torch.zeros(world_size, dtype=torch.float64)
         for e in range(E):
             for r in holders[e]:
                 out[r] += loads[e] / len(holders[e])
         return out
 
-    before = rank_loads(loads, world_size)
     for _ in range(n_redundant):
-        current = per_rank()
-        order = sorted(range(E), key=lambda e: (-loads[e].item() / len(holders[e]), e))
-        placed = False
-        for e in order:
-            free = [r for r in range(world_size) if r not in holders[e] and slots[r] > 0]
-            if free:
-                r = min(free, key=lambda r: (current[r].item(), r))
-                holders[e].add(r)
-                slots[r] -= 1
-                copies.append((e, r))
-                placed = True
-                break
-        if not placed:
+        best = None
+        for e in range(E):
+            if loads[e] == 0:
+                continue
+            for r in range(world_size):
+                if slots[r] == 0 or r in holders[e]:
+                    continue
+                trial = per_rank(holders[:e] + [holders[e] | {r}] + holders[e + 1:])
+                key = (round(float(trial.max()), 9), round(float((trial ** 2).sum()), 6), e, r)
+                if best is None or key < best[0]:
+                    best = (key, e, r)
+        if best is None or best[0][0] > round(float(per_rank(holders).max()), 9):
             break
-    after = per_rank()
+        _, e, r = best
+        holders[e].add(r)
+        slots[r] -= 1
+        copies.append((e, r))
+    before, after = rank_loads(loads, world_size), per_rank(holders)
     return Redundancy(before, after, copies, float(before.max()), float(after.max()))
 
 
