@@ -97,7 +97,7 @@ def ep_config(config: ModelConfig, world_size: int, max_ranks_per_token: int | N
 def destination_ranks(topk_idx: torch.Tensor, experts_per_rank: int, world_size: int) -> torch.Tensor:
     """(N, K) expert ids -> (N, W) bool: does the token have at least one expert on rank t?"""
     dest = topk_idx // experts_per_rank  # (N, K) the rank of each chosen expert
-    return torch.zeros(topk_idx.shape[0], world_size, dtype=torch.bool).scatter_(1, dest, True)
+    return torch.zeros(topk_idx.shape[0], world_size, dtype=torch.bool, device=topk_idx.device).scatter_(1, dest, True)
 
 
 def dispatch_bytes(topk_idx: torch.Tensor, world_size: int, hidden_size: int, experts_per_rank: int | None = None,
@@ -519,7 +519,11 @@ def init_from_env(device: str = "auto") -> DistContext | None:
     cuda = device == "cuda" or device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     backend = "nccl" if cuda else "gloo"
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        local, per_node = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        if torch.cuda.device_count() < per_node:
+            raise ValueError(f"{per_node} processes on this machine but {torch.cuda.device_count()} GPU(s): nccl "
+                             "needs one GPU per process. Use --nproc_per_node at most the GPU count, or --device cpu")
+        torch.cuda.set_device(local)
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=300))
     return DistContext(dist.get_rank(), dist.get_world_size(), rank_device(backend), backend)
 

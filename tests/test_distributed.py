@@ -135,3 +135,9 @@ def test_bench_ep_checks_its_arguments_before_starting_processes(tmp_path, capsy
             bench_ep.main(argv)
         assert message in capsys.readouterr().err
 
+
+
+def test_a_failing_rank_is_reported_with_its_error():
+    # check_world_size(rank=0, world_size=1) raises inside the spawned process: "at least 1 rank"
+    with pytest.raises(RuntimeError, match="rank 0 of 1 failed(.|\n)*at least 1 rank"):
+        D.spawn(D.check_world_size, 1)

@@ -101,12 +101,14 @@ def table(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dsv3_edu.bench ep", description=__doc__.split("\n\n")[0])
     parser.add_argument("--world-size", type=int, default=4, help=f"processes (ranks); divides {EXPERTS}")
-    parser.add_argument("--max-ranks", type=int, default=2, help="M: ranks (nodes) a token may reach")
+    parser.add_argument("--max-ranks", type=int, help="M: ranks (nodes) a token may reach (default min(2, W))")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--redundant", type=int, help="extra expert copies to place (default: one per rank)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the results there")
     args = parser.parse_args(argv)
+    if args.max_ranks is None:
+        args.max_ranks = min(2, max(1, args.world_size))
     try:
         D.toy_config(args.world_size, args.max_ranks)
         if args.tokens < args.world_size:
