@@ -26,6 +26,7 @@ with ``DistributedDataParallel`` (gloo on CPU, nccl on CUDA). ``batch_size`` sta
 every rank draws the same batch and keeps its own slice, and the expert counts are summed over the
 ranks before the bias update (``dsv3_edu.distributed.all_reduce_loads``), so a W-process run ends with
 the weights and biases of the 1-process run. Only rank 0 evaluates, writes checkpoints and prints.
+("aux_loss" is the exception: its batch-level f_i P_i is computed on each rank's slice, as frameworks do.)
 """
 
 from __future__ import annotations
