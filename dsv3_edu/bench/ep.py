@@ -92,7 +92,8 @@ def table(results: dict[str, Any]) -> str:
         b = results[key]
         lines.append(f"{name:22} {b['measured']:20,} {b['formula']:9,} {b['measured_including_own_rank']:14,} "
                      f"{b['bound_including_own_rank']:7,} {max(b['rank_loads']):14}")
-    lines += ["", f"redundant experts ({results['redundant_experts']} copies, node-limited loads): max rank load "
+    lines += ["", f"redundant experts ({len(results['redundant_copies'])} copies placed in "
+              f"{results['redundant_experts']} slots, node-limited loads): max rank load "
               f"{results['max_rank_load_before_redundancy']:g} -> {results['max_rank_load_after_redundancy']:g} "
               f"token-expert pairs"]
     return "\n".join(lines)
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--world-size", type=int, default=4, help=f"processes (ranks); divides {EXPERTS}")
     parser.add_argument("--max-ranks", type=int, help="M: ranks (nodes) a token may reach (default min(2, W))")
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--redundant", type=int, help="extra expert copies to place (default: one per rank)")
+    parser.add_argument("--redundant", type=int, help="slots for extra expert copies (default: one per rank)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the results there")
     args = parser.parse_args(argv)
