@@ -64,7 +64,7 @@ def causal_mask(t: int, s: int, device: torch.device | None = None) -> torch.Ten
 
     The T queries are the last T of the S positions, so query i sits at position S - T + i and
     sees keys 0..S-T+i. ``triu(diagonal=S-T+1)``: with diagonal=0 a token could not see itself
-    and the first row would be all -inf, a NaN after softmax (REFERENCE trap 15).
+    and the first row would be all -inf, a NaN after softmax (trap 15 of notebooks/REFERENCE.md).
     """
     if t > s:
         raise ValueError(f"causal_mask: {t} queries but only {s} keys; the keys include the queries' own positions")

@@ -1,6 +1,6 @@
 """Checkpoints in the released layout: ``config.json`` plus safetensors named as DeepSeek-V3's.
 
-On disk (REFERENCE.md section 6) the main model's tensors keep the names of ``model.state_dict()``;
+On disk (notebooks/REFERENCE.md section 6) the main model's tensors keep the names of ``model.state_dict()``;
 MTP module k (0-based) sits at ``model.layers.{num_hidden_layers + k}.`` with ``enorm``, ``hnorm``,
 ``eh_proj``, a decoder layer (``self_attn.*``, ``mlp.*``, norms) and ``shared_head.norm``. In this
 package the MTP modules live at ``mtp.{k}``; the two functions here rename on the way out and in.
@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import ModelConfig
+from .config import SHAPE_KEYS, ModelConfig, read_config_json, resolve_dtype
+from .files import write_temp
 from .model import DeepSeekV3
 
 CONFIG_NAME = "config.json"
@@ -42,11 +43,12 @@ SHARED_COPIES = {"embed_tokens.weight": "model.embed_tokens.weight", "shared_hea
 class CheckpointMismatchError(ValueError):
     """A checkpoint whose tensors do not fit the model its config.json describes."""
 
-    def __init__(self, message: str, missing: list, unexpected: list, mismatched: list):
+    def __init__(self, message: str, missing: list, unexpected: list, mismatched: list, wrong_dtype: list = ()):
         super().__init__(message)
         self.missing = missing  # [(name, expected shape)]
         self.unexpected = unexpected  # [(name, shape)]
         self.mismatched = mismatched  # [(name, expected shape, got shape)]
+        self.wrong_dtype = list(wrong_dtype)  # [(name, expected dtype, got dtype)]
 
 
 # --------------------------------------------------------------------------------- renaming
@@ -158,20 +160,6 @@ def _shards(state: dict[str, torch.Tensor], max_bytes: int | None) -> list[dict[
     return shards
 
 
-def write_temp(path: Path, write) -> Path:
-    """Write through ``write(tmp_path)`` to a temporary file next to ``path``, fsync it and return it; the
-    caller os.replace()s it into place. On any error the temporary file is removed and ``path`` is untouched."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
 def save_pretrained(
     model: DeepSeekV3,
     save_directory: str | Path,
@@ -245,12 +233,44 @@ def _torch_load_weights_only(path: Path) -> dict[str, torch.Tensor]:
     except Exception as err:  # an UnpicklingError names the global it refused
         raise ValueError(
             f"Refusing to load {path}: it is a pickle that does not load with torch.load(weights_only=True), "
-            f"so reading it could run arbitrary code ({type(err).__name__}: {str(err).splitlines()[0]}). "
+            f"so reading it could run arbitrary code ({type(err).__name__}: {_first_line(err)}). "
             "Convert it to safetensors from a source you trust."
         ) from None
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise ValueError(f"{path} does not hold a flat dict of tensors (a state_dict)")
     return state
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` with an error that names the file and what to do."""
+    try:
+        return load_file(path)
+    except Exception as err:  # SafetensorError (truncated, empty, not safetensors), OSError
+        size = Path(path).stat().st_size if Path(path).exists() else 0
+        raise ValueError(
+            f"Cannot read {path} ({size:,} bytes): it is not a complete safetensors file "
+            f"({type(err).__name__}: {_first_line(err)}). It was cut short or damaged; copy it again from its "
+            "source, or save the model again."
+        ) from None
+
+
+def _read_weight_map(index_path: Path) -> dict[str, str]:
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{index_path} is not valid JSON ({err}): the index is damaged; copy it again") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise ValueError(
+            f"{index_path} has no \"weight_map\" (a dict of tensor name -> shard file), so the shards cannot be "
+            "found. Copy the index again, or remove it if the folder holds one model.safetensors."
+        )
+    return weight_map
 
 
 def read_checkpoint_tensors(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -259,22 +279,22 @@ def read_checkpoint_tensors(directory: str | Path) -> dict[str, torch.Tensor]:
     directory = Path(directory)
     index_path = directory / SAFE_INDEX_NAME
     if index_path.exists():
-        weight_map = json.loads(index_path.read_text())["weight_map"]
+        weight_map = _read_weight_map(index_path)
         state: dict[str, torch.Tensor] = {}
         for file in sorted(set(weight_map.values())):
             if not (directory / file).exists():
                 raise FileNotFoundError(f"{index_path} lists {file}, which is missing from {directory}")
-            state.update(load_file(directory / file))
+            state.update(read_safetensors(directory / file))
         listed_but_absent = sorted(set(weight_map) - set(state))
         if listed_but_absent:
             raise ValueError(f"{index_path} lists tensors its shards do not hold: {listed_but_absent[:10]}")
         return state
     if (directory / SAFE_WEIGHTS_NAME).exists():
-        return load_file(directory / SAFE_WEIGHTS_NAME)
+        return read_safetensors(directory / SAFE_WEIGHTS_NAME)
     pickle_index = directory / "pytorch_model.bin.index.json"
     if pickle_index.exists():
         state = {}
-        for file in sorted(set(json.loads(pickle_index.read_text())["weight_map"].values())):
+        for file in sorted(set(_read_weight_map(pickle_index).values())):
             state.update(_torch_load_weights_only(directory / file))
         return state
     pickles = sorted(p for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -287,7 +307,38 @@ def read_checkpoint_tensors(directory: str | Path) -> dict[str, torch.Tensor]:
     )
 
 
-def _mismatch_error(directory: Path, config: ModelConfig, missing, unexpected, mismatched) -> CheckpointMismatchError:
+def _likely_causes(on_disk: dict[str, torch.Tensor], config: ModelConfig) -> list[str]:
+    """What probably made a checkpoint not fit: counts and sizes read off the tensors, against the config."""
+    causes = []
+    layers: dict[int, set[str]] = {}
+    for name in on_disk:
+        if match := re.match(r"model\.layers\.(\d+)\.(.*)", name):
+            layers.setdefault(int(match.group(1)), set()).add(match.group(2))
+    n_mtp = sum(1 for rest in layers.values() if "eh_proj.weight" in rest)
+    n_main = len(layers) - n_mtp
+    if layers and n_main != config.num_hidden_layers:
+        causes.append(f"the checkpoint has {n_main} decoder layers (+{n_mtp} MTP), the config asks for "
+                      f"num_hidden_layers={config.num_hidden_layers}")
+    emb = on_disk.get("model.embed_tokens.weight")
+    if emb is not None and emb.dim() == 2:
+        if emb.shape[1] != config.hidden_size:
+            causes.append(f"the checkpoint has hidden_size {emb.shape[1]} (model.embed_tokens.weight is "
+                          f"{tuple(emb.shape)}), the config asks for {config.hidden_size}")
+        if emb.shape[0] != config.vocab_size:
+            causes.append(f"the checkpoint has a vocabulary of {emb.shape[0]}, the config asks for "
+                          f"vocab_size={config.vocab_size}")
+    experts = {int(m.group(1)) for name in on_disk if (m := re.search(r"\.mlp\.experts\.(\d+)\.", name))}
+    fused = [t.shape[0] for name, t in on_disk.items() if name.endswith(".mlp.experts.down_proj") and t.dim() == 3]
+    n_experts = (max(experts) + 1) if experts else (fused[0] if fused else None)
+    if n_experts is not None and n_experts != config.n_routed_experts:
+        causes.append(f"the checkpoint has {n_experts} routed experts per layer, the config asks for "
+                      f"n_routed_experts={config.n_routed_experts}")
+    return causes
+
+
+def _mismatch_error(directory: Path, config: ModelConfig, missing, unexpected, mismatched, wrong_dtype=(),
+                    causes=(), shown: int = 3) -> CheckpointMismatchError:
+    """At most ~20 lines: per kind the count and the first ``shown`` names, then the likeliest causes."""
     def fmt(shape) -> str:
         return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
@@ -296,38 +347,90 @@ def _mismatch_error(directory: Path, config: ModelConfig, missing, unexpected, m
         f"(hidden_size={config.hidden_size}, num_hidden_layers={config.num_hidden_layers}, "
         f"num_nextn_predict_layers={config.num_nextn_predict_layers}, n_routed_experts={config.n_routed_experts}):"
     ]
-    if missing:
-        lines.append(f"  missing ({len(missing)}):")
-        lines += [f"    {name}  expected {fmt(shape)}" for name, shape in missing]
-    if unexpected:
-        lines.append(f"  unexpected ({len(unexpected)}):")
-        lines += [f"    {name}  got {fmt(shape)}" for name, shape in unexpected]
-    if mismatched:
-        lines.append(f"  mis-shaped ({len(mismatched)}):")
-        lines += [f"    {name}  expected {fmt(want)}, got {fmt(got)}" for name, want, got in mismatched]
+    kinds = [
+        ("missing", [f"{name}  expected {fmt(shape)}" for name, shape in missing]),
+        ("unexpected", [f"{name}  got {fmt(shape)}" for name, shape in unexpected]),
+        ("mis-shaped", [f"{name}  expected {fmt(want)}, got {fmt(got)}" for name, want, got in mismatched]),
+        ("wrong dtype", [f"{name}  expected {want}, got {got}" for name, want, got in wrong_dtype]),
+    ]
+    for kind, rows in kinds:
+        if rows:
+            more = f", first {shown}" if len(rows) > shown else ""
+            lines.append(f"  {kind} ({len(rows)}{more}):")
+            lines += [f"    {row}" for row in rows[:shown]]
     if any(name.endswith("_scale_inv") for name, _ in unexpected):
         lines.append("  (weight_scale_inv tensors: FP8 release weights; dequantize them to bf16/fp32 first)")
-    return CheckpointMismatchError("\n".join(lines), missing, unexpected, mismatched)
+    if causes:
+        lines.append("Likely cause: " + "; ".join(causes) + ".")
+    return CheckpointMismatchError("\n".join(lines), list(missing), list(unexpected), list(mismatched),
+                                   list(wrong_dtype))
+
+
+def _dtype_problem(want: torch.dtype, got: torch.dtype) -> bool:
+    """A tensor that cannot stand for a parameter of dtype ``want`` (copying it would change its meaning):
+    integers or bools for floats, floats for integers, and 8-bit floats (FP8 needs its scales)."""
+    if want.is_floating_point:
+        return not got.is_floating_point or got.itemsize < 2
+    return got.is_floating_point
+
+
+def check_fits(directory: Path, model: DeepSeekV3, state: dict[str, torch.Tensor],
+               on_disk: dict[str, torch.Tensor], skip_mtp: bool = False) -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``state`` (``model.state_dict()`` names) has exactly the
+    model's tensors, with their shapes and a compatible dtype. ``skip_mtp``: the MTP modules may be absent."""
+    config = model.config
+    L = config.num_hidden_layers
+    own = model.state_dict()
+    expected = {name: (tuple(t.shape), t.dtype) for name, t in own.items()
+                if not (skip_mtp and name.startswith("mtp."))}
+
+    def on_disk_name(name: str) -> str:
+        match = re.match(r"mtp\.(\d+)\.(.*)", name)
+        return f"model.layers.{L + int(match.group(1))}.{match.group(2)}" if match else name
+
+    missing = [(on_disk_name(n), shape) for n, (shape, _) in expected.items() if n not in state]
+    unexpected = [(on_disk_name(n), tuple(t.shape)) for n, t in state.items() if n not in expected]
+    mismatched = [(on_disk_name(n), expected[n][0], tuple(t.shape)) for n, t in state.items()
+                  if n in expected and tuple(t.shape) != expected[n][0]]
+    wrong_dtype = [(on_disk_name(n), str(expected[n][1]).removeprefix("torch."), str(t.dtype).removeprefix("torch."))
+                   for n, t in state.items() if n in expected and _dtype_problem(expected[n][1], t.dtype)]
+    if missing or unexpected or mismatched or wrong_dtype:
+        causes = _likely_causes(on_disk, config)
+        fp8 = any(name.endswith("_scale_inv") for name, _ in unexpected)
+        if wrong_dtype and not causes and not fp8:
+            causes.append("tensors of a non-float dtype (or FP8 without its scales) where the model has float "
+                          "weights: the file was written by something else, or damaged")
+        raise _mismatch_error(directory, config, missing, unexpected, mismatched, wrong_dtype, causes)
 
 
 def load_pretrained(
     directory: str | Path,
     allow_random_mtp: bool = False,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     **config_overrides: Any,
 ) -> DeepSeekV3:
     """Build a :class:`DeepSeekV3` from a checkpoint folder (ours, the released layout, or transformers').
 
     ``config_overrides`` change the config read from config.json, e.g. ``attn_impl="absorbed"`` or
     ``num_nextn_predict_layers=0`` (drop the MTP modules: needed for transformers' checkpoints, which have
-    none). ``allow_random_mtp=True`` instead keeps MTP modules the checkpoint lacks, randomly initialized,
-    with a warning. Returns the model in eval mode.
+    none); keys that fix the weights' shapes cannot be changed. ``allow_random_mtp=True`` instead keeps MTP
+    modules the checkpoint lacks, randomly initialized, with a warning. ``dtype``: cast the weights (a
+    torch dtype or a name such as "bf16", "float16"). Returns the model in eval mode.
     """
     directory = Path(directory)
+    if dtype is not None:
+        dtype = resolve_dtype(dtype)
     config_path = directory / CONFIG_NAME
     if not config_path.exists():
         raise FileNotFoundError(f"No {CONFIG_NAME} in {directory}: is it a checkpoint folder?")
-    raw_config = json.loads(config_path.read_text())
+    raw_config = read_config_json(config_path)
+    for key, value in config_overrides.items():
+        if key in SHAPE_KEYS and key in raw_config and raw_config[key] != value:
+            raise ValueError(
+                f"{key}={value!r}: the checkpoint in {directory} has {key}={raw_config[key]!r}, and its weights have "
+                f"the shapes that implies. Load it without this override (overrides may change what keeps the "
+                "shapes: attn_impl, or num_nextn_predict_layers=0 to drop the MTP modules)."
+            )
     config = ModelConfig.from_hf(raw_config, **config_overrides)
     model = DeepSeekV3(config)
     L, D = config.num_hidden_layers, config.num_nextn_predict_layers
@@ -341,7 +444,6 @@ def load_pretrained(
             "num_nextn_predict_layers=0 to ignore the MTP module."
         )
 
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     has_mtp = any(name.startswith("mtp.") for name in state)
     if D and not has_mtp:
         if not allow_random_mtp:
@@ -356,28 +458,8 @@ def load_pretrained(
             "(their drafts are noise until trained)",
             stacklevel=2,
         )
-        expected = {name: shape for name, shape in expected.items() if not name.startswith("mtp.")}
-
-    missing = [(name, shape) for name, shape in expected.items() if name not in state]
-    unexpected = [(name, tuple(t.shape)) for name, t in state.items() if name not in expected]
-    mismatched = [
-        (name, expected[name], tuple(t.shape)) for name, t in state.items()
-        if name in expected and tuple(t.shape) != expected[name]
-    ]
-
-    def on_disk_name(name: str) -> str:
-        match = re.match(r"mtp\.(\d+)\.(.*)", name)
-        return f"model.layers.{L + int(match.group(1))}.{match.group(2)}" if match else name
-
-    if missing or unexpected or mismatched:
-        raise _mismatch_error(
-            directory, config,
-            [(on_disk_name(n), s) for n, s in missing],
-            [(on_disk_name(n), s) for n, s in unexpected],
-            [(on_disk_name(n), w, g) for n, w, g in mismatched],
-        )
+    check_fits(directory, model, state, on_disk, skip_mtp=D > 0 and not has_mtp)
     model.load_state_dict(state, strict=False)  # strict checks done above, with one clear message
     if dtype is not None:
         model.to(dtype)
     return model.eval()
-

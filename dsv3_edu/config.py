@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,9 @@ _IGNORED_KEYS = (
     "bos_token_id", "eos_token_id", "pad_token_id", "use_cache", "pretraining_tp", "ep_size",
     "aux_loss_alpha", "seq_aux", "quantization_config", "attention_dropout", "num_key_value_heads",
     "output_router_logits", "router_aux_loss_coef", "head_dim", "rope_interleave_qk",
+    # what every transformers PretrainedConfig writes
+    "_name_or_path", "chunk_size_feed_forward", "id2label", "label2id", "is_encoder_decoder", "output_attentions",
+    "output_hidden_states", "problem_type", "return_dict",
 )
 
 # Keys whose value we check but do not store: the course implements exactly one choice.
@@ -37,6 +42,14 @@ _FIXED_VALUES = {
     "tie_word_embeddings": (False, "DeepSeek-V3 has separate embedding and output head matrices"),
     "attention_bias": (False, "the attention projections have no bias"),
 }
+
+# Keys that fix the shape or number of the weight tensors: from_hf needs them in config.json (the defaults
+# are the 671B model's, so filling a missing one silently would build a model the weights cannot fit).
+SHAPE_KEYS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "q_lora_rank", "kv_lora_rank",
+    "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "intermediate_size", "first_k_dense_replace",
+    "moe_intermediate_size", "n_routed_experts", "n_shared_experts",
+)
 
 _YARN_KEYS = ("factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "original_max_position_embeddings")
 
@@ -107,27 +120,41 @@ class ModelConfig:
         def bad(name: str, why: str, fix: str) -> ValueError:
             return ValueError(f"ModelConfig.{name}={getattr(self, name)!r}: {why}. {fix}")
 
-        positive = (
-            "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "kv_lora_rank",
-            "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "intermediate_size",
-            "moe_intermediate_size", "n_routed_experts", "num_experts_per_tok", "n_group",
-            "topk_group", "max_position_embeddings",
-        )
-        for name in positive:
+        for name in _INTEGER_FIELDS + ("q_lora_rank",):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            if value is None and name == "q_lora_rank":
+                continue
+            if isinstance(value, str):
+                raise bad(name, "must be a whole number, not a string", f"Write {value} without quotes")
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad(name, "must be a whole number", "Set it to an integer such as 64")
+        for name in _INTEGER_FIELDS:
+            value = getattr(self, name)
+            if name in ("n_shared_experts", "num_nextn_predict_layers", "first_k_dense_replace"):
+                if value < 0:
+                    raise bad(name, "must be a non-negative integer", "Set it to 0 or more")
+            elif value <= 0:
                 raise bad(name, "must be a positive integer", "Set it to a whole number of at least 1")
-        for name in ("n_shared_experts", "num_nextn_predict_layers", "first_k_dense_replace"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise bad(name, "must be a non-negative integer", "Set it to 0 or more")
-        if self.q_lora_rank is not None and (
-            isinstance(self.q_lora_rank, bool) or not isinstance(self.q_lora_rank, int) or self.q_lora_rank <= 0
-        ):
+        if self.q_lora_rank is not None and self.q_lora_rank <= 0:
             raise bad("q_lora_rank", "must be a positive integer or None", "Use None for a plain query projection")
         for name in ("rope_theta", "rms_norm_eps", "routed_scaling_factor", "initializer_range"):
-            if not getattr(self, name) > 0:
-                raise bad(name, "must be positive", "Use a value above 0")
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise bad(name, "must be a number, not a string", f"Write {value} without quotes")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad(name, f"must be a number, not {type(value).__name__}", "Use a float such as 1.0")
+            if not math.isfinite(value) or value <= 0:
+                raise bad(name, "must be a finite number above 0", "Use a positive value")
+        for name in ("norm_topk_prob", "rope_interleave"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                kind = "a string" if isinstance(value, str) else f"a {type(value).__name__}"
+                raise bad(name, f"must be true or false, not {kind} (a non-empty string would count as true)",
+                          "Write true/false without quotes in config.json, True/False in Python")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
+            raise bad("rope_scaling", "must be a dict or None", 'Use None for plain RoPE or {"type": "yarn", ...}')
+        if not isinstance(self.attn_impl, str):
+            raise bad("attn_impl", "is not a known attention path", 'Use "naive" or "absorbed"')
         if self.qk_rope_head_dim % 2:
             raise bad("qk_rope_head_dim", "RoPE rotates pairs of dimensions, so it must be even", "Use an even size")
         if self.first_k_dense_replace > self.num_hidden_layers:
@@ -166,7 +193,8 @@ class ModelConfig:
     # ------------------------------------------------------------------ presets
     @classmethod
     def deepseek_v3(cls, **overrides: Any) -> ModelConfig:
-        """The released DeepSeek-V3 configuration (data/deepseek_v3_config.json), exactly."""
+        """The released DeepSeek-V3 configuration: data/deepseek_v3_config.json, less `auto_map` (data/README.md)."""
+        _check_names(overrides, "ModelConfig.deepseek_v3")
         return cls(**overrides)
 
     @classmethod
@@ -194,11 +222,13 @@ class ModelConfig:
             max_position_embeddings=512,
             rope_scaling=None,
         )
+        _check_names(overrides, "ModelConfig.tiny")
         small.update(overrides)
         return cls(**small)
 
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed (validated again)."""
+        _check_names(changes, "ModelConfig.replace")
         return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------- Hugging Face format
@@ -211,6 +241,8 @@ class ModelConfig:
         (``rope_parameters`` with ``rope_type``). Keys that do not change the model are
         ignored with one warning; values the course cannot honour raise ``ValueError``.
         """
+        _check_names(overrides, "ModelConfig.from_hf overrides")
+        source = "the config dict"
         if isinstance(path_or_dict, dict):
             raw = copy.deepcopy(path_or_dict)
         else:
@@ -219,13 +251,16 @@ class ModelConfig:
                 path = path / "config.json"
             if not path.exists():
                 raise FileNotFoundError(f"No config.json at {path}: pass the file or the checkpoint folder")
-            raw = json.loads(path.read_text())
+            raw = read_config_json(path)
+            source = str(path)
         names = {f.name for f in dataclasses.fields(cls)} - {"attn_impl"}
         kwargs: dict[str, Any] = {}
-        ignored = []
+        ignored, unknown = [], []
 
         rope_parameters = raw.pop("rope_parameters", None)
         if rope_parameters is not None:
+            if not isinstance(rope_parameters, dict):
+                raise ValueError(f"{source}: rope_parameters={rope_parameters!r} must be a dict (with rope_theta)")
             rope_parameters = dict(rope_parameters)
             if "rope_theta" in rope_parameters:
                 kwargs["rope_theta"] = rope_parameters.pop("rope_theta")
@@ -257,15 +292,34 @@ class ModelConfig:
                     )
             elif key in names:
                 kwargs.setdefault(key, value)
-            else:  # metadata, training-only and serving-only keys (_IGNORED_KEYS) and anything unknown
+            elif key in _IGNORED_KEYS:  # metadata, training-only and serving-only keys
                 ignored.append(key)
+            else:
+                unknown.append(key)
+        missing = [key for key in SHAPE_KEYS if key not in kwargs and key not in overrides]
+        if missing:
+            hints = [f"{k!r} (did you mean {close[0]!r}?)" for k in unknown
+                     if (close := difflib.get_close_matches(k, missing, n=1, cutoff=0.75))]
+            raise ValueError(
+                f"{source} lacks {', '.join(missing)}: these keys fix the weights' shapes, and the defaults are the "
+                "671B model's, so they must be given" + (f". It has {', '.join(hints)}" if hints else "")
+                + ". Add them to config.json (or pass them as overrides)."
+            )
+        if unknown:
+            known = sorted(names | set(_FIXED_VALUES) | set(_IGNORED_KEYS) | {"rope_parameters", "model_type"})
+            warnings.warn(
+                "ModelConfig.from_hf does not know these keys (typos?), so they change nothing: "
+                + ", ".join(_with_suggestion(k, known) for k in sorted(unknown)),
+                stacklevel=2,
+            )
         if ignored:
             warnings.warn(
                 "ModelConfig.from_hf ignores keys that do not change the model: " + ", ".join(sorted(ignored)),
                 stacklevel=2,
             )
-        if "rope_theta" in kwargs:
-            kwargs["rope_theta"] = float(kwargs["rope_theta"])
+        theta = kwargs.get("rope_theta")
+        if isinstance(theta, int) and not isinstance(theta, bool):
+            kwargs["rope_theta"] = float(theta)
         kwargs.update(overrides)
         return cls(**kwargs)
 
@@ -290,7 +344,81 @@ class ModelConfig:
         return dict(sorted(out.items()))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_hf(), indent=2) + "\n")
+        from .files import write_json
+
+        write_json(path, self.to_hf())
+
+
+_INTEGER_FIELDS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "kv_lora_rank",
+    "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "intermediate_size", "first_k_dense_replace",
+    "moe_intermediate_size", "n_routed_experts", "n_shared_experts", "num_experts_per_tok", "n_group",
+    "topk_group", "num_nextn_predict_layers", "max_position_embeddings",
+)
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(ModelConfig))
+
+
+def _with_suggestion(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"{name} (did you mean {close[0]}?)" if close else name
+
+
+def _check_names(changes: dict[str, Any], where: str) -> None:
+    """Unknown field names in keyword arguments: one ValueError naming each, with the closest field."""
+    unknown = [name for name in changes if name not in FIELD_NAMES]
+    if unknown:
+        raise ValueError(
+            f"{where}: no field " + ", ".join(_with_suggestion(n, FIELD_NAMES) for n in unknown)
+            + ". The fields are ModelConfig's (config.json key names), e.g. hidden_size, num_hidden_layers."
+        )
+
+
+def read_config_json(path: str | Path) -> dict[str, Any]:
+    """A config.json as a dict, with an error naming the file when it is not JSON or not an object."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err}): the file is damaged or not a config.json. "
+            "Restore it from the checkpoint's source (or write it again with ModelConfig.save)."
+        ) from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} holds a JSON {type(raw).__name__}, not an object of config keys")
+    return raw
+
+
+# dtype names a user writes -> torch dtype name. Float dtypes only: a model's weights are floats.
+DTYPE_NAMES = {
+    "float32": "float32", "fp32": "float32", "float": "float32", "f32": "float32",
+    "float16": "float16", "fp16": "float16", "half": "float16", "f16": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float64": "float64", "fp64": "float64", "double": "float64",
+}
+
+
+def resolve_dtype(dtype: Any):
+    """A ``torch.dtype`` from a torch dtype or a name ("float16", "fp16", "bf16", "torch.bfloat16", ...).
+
+    Only floating-point dtypes (weights are floats); anything else raises ``ValueError`` listing the valid names.
+    """
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        if dtype.is_floating_point and dtype.itemsize >= 2:
+            return dtype
+        name = str(dtype)
+    elif isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        if key in DTYPE_NAMES:
+            return getattr(torch, DTYPE_NAMES[key])
+        name = repr(dtype)
+    else:
+        name = repr(dtype)
+    raise ValueError(
+        f"dtype={name} is not a floating-point dtype for weights: use one of "
+        f"{', '.join(sorted(set(DTYPE_NAMES.values())))} (as torch.float16 or a name: {', '.join(DTYPE_NAMES)})"
+    )
 
 
 def _normalize_rope_scaling(scaling: dict[str, Any]) -> dict[str, Any]:
@@ -316,6 +444,10 @@ def _normalize_rope_scaling(scaling: dict[str, Any]) -> dict[str, Any]:
             "for before YaRN stretched it; 4096 for DeepSeek-V3)"
         )
     out = {"type": "yarn", **defaults, **scaling}
+    for key in _YARN_KEYS:
+        value = out[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"ModelConfig.rope_scaling {key}={value!r}: must be a finite number (no quotes)")
     if not out["factor"] >= 1:
         raise ValueError(f"ModelConfig.rope_scaling factor={out['factor']!r}: YaRN stretches, so use a factor >= 1")
     if not out["beta_fast"] > out["beta_slow"] > 0:

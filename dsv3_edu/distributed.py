@@ -540,6 +540,25 @@ def is_main() -> bool:
     return world()[0] == 0
 
 
+def on_main_first(fn: Callable, *args: Any) -> Any:
+    """``fn(*args)`` on rank 0 alone (checks and deletions of a run folder), its result or its exception
+    then handed to every rank, so all ranks go on, or all stop with the same error. Outside a group: a call."""
+    rank, size = world()
+    if size == 1:
+        return fn(*args)
+    box: list[Any] = [None]
+    if rank == 0:
+        try:
+            box = [("ok", fn(*args))]
+        except Exception as err:  # every rank raises it below
+            box = [("error", err)]
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise value
+    return value
+
+
 def check_global_batch(global_batch: int, world_size: int) -> int:
     """Sequences per rank, or a ValueError when the global batch does not split evenly."""
     if global_batch % world_size:

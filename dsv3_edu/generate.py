@@ -23,6 +23,7 @@ Letters: B batch, T positions, V vocabulary.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -41,10 +42,14 @@ def _eval_mode(model: torch.nn.Module):
         model.train(was_training)
 
 
-def _check_prompt(model: DeepSeekV3, input_ids: torch.Tensor, max_new_tokens: int) -> None:
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-        raise ValueError(f"input_ids must be a (batch, positions) tensor with at least one position, got {shape}")
+def _check_prompt(model: DeepSeekV3, input_ids: torch.Tensor, max_new_tokens: int,
+                  eos_token_id: int | None = None) -> None:
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a (batch, positions) tensor of token ids, got a {type(input_ids).__name__}."
+                        " Wrap it: torch.tensor([ids]) for one prompt.")
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
+        raise ValueError(f"input_ids must be a (batch, positions) tensor with at least one position, got "
+                         f"{tuple(input_ids.shape)}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens!r}: use an integer >= 0")
     limit = model.config.max_position_embeddings
@@ -53,6 +58,21 @@ def _check_prompt(model: DeepSeekV3, input_ids: torch.Tensor, max_new_tokens: in
             f"prompt ({input_ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
             f"max_position_embeddings={limit}"
         )
+    vocab = model.config.vocab_size
+    if eos_token_id is not None and (
+        isinstance(eos_token_id, bool) or not isinstance(eos_token_id, int) or not 0 <= eos_token_id < vocab
+    ):
+        raise ValueError(f"eos_token_id={eos_token_id!r}: use a token id in [0, {vocab}) (the model could never "
+                         "produce this one, so generation would never stop on it), or None")
+
+
+def _check_sampling(temperature: float, top_k: int | None) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
+            or temperature < 0:
+        raise ValueError(f"temperature={temperature!r}: use 0 (greedy) or a positive finite number such as 0.8")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k={top_k!r}: use a whole number of at least 1 (keep the k likeliest tokens), "
+                         "or None for no cut")
 
 
 def sample_next(
@@ -62,10 +82,9 @@ def sample_next(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """logits (B, V) -> next tokens (B,). Temperature 0 is greedy (argmax); else softmax(logits / T) over the top k."""
+    _check_sampling(temperature, top_k)
     if temperature == 0:
         return logits.argmax(dim=-1)
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature}: use 0 (greedy) or a positive value")
     logits = logits.float() / temperature
     if top_k is not None:
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
@@ -90,7 +109,8 @@ def generate(
     Greedy at temperature 0. With ``eos_token_id`` it stops once every row has produced it; rows that
     finished earlier are padded with it. The latent cache makes each step one token's forward.
     """
-    _check_prompt(model, input_ids, max_new_tokens)
+    _check_prompt(model, input_ids, max_new_tokens, eos_token_id)
+    _check_sampling(temperature, top_k)
     if max_new_tokens == 0:
         return input_ids.clone()
     with _eval_mode(model):
@@ -156,7 +176,7 @@ def speculative_generate(
     ``trace=True`` records each verification step: the position, the fed tokens, the draft, the main
     model's choice there, whether the draft was accepted, and the tokens the step added.
     """
-    _check_prompt(model, input_ids, max_new_tokens)
+    _check_prompt(model, input_ids, max_new_tokens, eos_token_id)
     if input_ids.shape[0] != 1:
         raise ValueError(f"speculative_generate decodes one sequence (batch 1), got batch {input_ids.shape[0]}")
     if len(model.mtp) == 0:

@@ -21,7 +21,7 @@ Two paths compute the same numbers on the same weights:
 
 Letters: B batch, T new (query) positions, S cached + new positions, H heads,
 C latent d_c, C' query latent d_c', D = qk_nope_head_dim, V = v_head_dim, R = qk_rope_head_dim.
-Weights are named as in the released checkpoint (REFERENCE.md section 6).
+Weights are named as in the released checkpoint (notebooks/REFERENCE.md section 6).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The whole model: embedding, dense then MoE decoder layers with MLA, final norm, head, and MTP modules.
 
-Names follow the released checkpoint ([V3] arXiv 2412.19437, REFERENCE.md section 6), so
+Names follow the released checkpoint ([V3] arXiv 2412.19437, notebooks/REFERENCE.md section 6), so
 ``model.state_dict()`` keys are the checkpoint's keys, except that the MTP modules live in
 ``mtp.{k}`` here and at ``model.layers.{num_hidden_layers + k}`` in a checkpoint
 (dsv3_edu.checkpoint renames them).
@@ -134,15 +134,55 @@ class DeepSeekV3(nn.Module):
         return LatentCache(self.config.num_hidden_layers + len(self.mtp))
 
     def _check_ids(self, input_ids: torch.Tensor) -> None:
-        if input_ids.dtype not in (torch.long, torch.int, torch.int32):
+        if not isinstance(input_ids, torch.Tensor):
+            raise TypeError(
+                f"input_ids must be a torch.Tensor of token ids, shape (batch, positions); got a "
+                f"{type(input_ids).__name__}. Wrap it: torch.tensor([ids]) for one sequence."
+            )
+        if input_ids.dtype not in (torch.long, torch.int32):
             raise TypeError(f"input_ids must be integer token ids (torch.long), got {input_ids.dtype}")
         if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (batch, positions), got shape {tuple(input_ids.shape)}")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+            fix = " Add the batch dimension: input_ids[None]." if input_ids.dim() == 1 else ""
+            raise ValueError(f"input_ids must be (batch, positions), got shape {tuple(input_ids.shape)}.{fix}")
+        if input_ids.numel() == 0:
+            raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}: give at least one sequence of at least "
+                             "one token")
+        low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one device sync for both bounds
+        if low < 0 or high >= self.config.vocab_size:
             raise ValueError(
-                f"input_ids has ids outside [0, {self.config.vocab_size}): min {int(input_ids.min())}, "
-                f"max {int(input_ids.max())}. Use the tokenizer that matches config.vocab_size."
+                f"input_ids has ids outside [0, {self.config.vocab_size}): min {low}, max {high}. "
+                "Use the tokenizer that matches config.vocab_size."
             )
+
+    def _check_labels(self, input_ids: torch.Tensor, labels: torch.Tensor) -> list[int]:
+        """Labels must be ids in [0, V) or -100 (ignored), with something left to learn from. Returns the number
+        of counted targets of the main loss and of each MTP depth (one device sync for every check)."""
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"labels must be a torch.Tensor like input_ids, got a {type(labels).__name__}")
+        if labels.dtype not in (torch.long, torch.int32):
+            raise TypeError(f"labels must be integer token ids (torch.long, -100 where ignored), got {labels.dtype}")
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"labels {tuple(labels.shape)} must have the shape of input_ids "
+                             f"{tuple(input_ids.shape)} (the model shifts them)")
+        if labels.shape[1] < 2:
+            raise ValueError(f"labels of {labels.shape[1]} position: position i is scored against token i+1, so a "
+                             "loss needs at least 2 positions. Pass labels=None to get the logits only.")
+        counted = labels != -100
+        bad = counted & ((labels < 0) | (labels >= self.config.vocab_size))
+        stats = [bad.sum()] + [counted[:, k + 1:].sum() for k in range(len(self.mtp) + 1)]
+        n_bad, *counts = torch.stack(stats).tolist()
+        if n_bad:
+            wrong = labels[bad]
+            raise ValueError(
+                f"labels has {n_bad} id(s) outside [0, {self.config.vocab_size}) (min {int(wrong.min())}, max "
+                f"{int(wrong.max())}); use token ids of this vocabulary, or -100 where no loss is wanted"
+            )
+        if counts[0] == 0:
+            raise ValueError(
+                "every label after the first position is -100 (ignored): the loss has no target to average over. "
+                "Label at least one position, or pass labels=None to get the logits only."
+            )
+        return counts
 
     def backbone(
         self, input_ids: torch.Tensor, cache: LatentCache | None = None, attn_impl: str | None = None
@@ -187,6 +227,7 @@ class DeepSeekV3(nn.Module):
         themselves, -100 where ignored): the model shifts them. ``mtp`` runs the MTP modules
         (default: when there is no cache). Loss = L_main + (mtp_lambda / D) * sum_k L_MTP^k ([V3] eq 25).
         """
+        counts = None if labels is None else self._check_labels(input_ids, labels)
         h0 = self.backbone(input_ids, cache=cache, attn_impl=attn_impl)
         out = ModelOutput(logits=self.lm_head(h0), hidden_states=h0)
         if mtp is None:
@@ -195,14 +236,17 @@ class DeepSeekV3(nn.Module):
             h = h0
             for k in range(1, len(self.mtp) + 1):
                 # Depth k at position i sees h^{k-1}_i and t_{i+k}; it exists for i < T - k.
+                if input_ids.shape[1] <= k:  # too short a sequence for this depth: no positions
+                    out.mtp_logits.append(out.logits[:, :0])
+                    continue
                 h, logits = self.mtp_forward(k, h[:, :-1], input_ids[:, k:], attn_impl=attn_impl)
                 out.mtp_logits.append(logits)  # (B, T-k, V): position i predicts t_{i+k+1}
         if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels {tuple(labels.shape)} must have the shape of input_ids "
-                                 f"{tuple(input_ids.shape)} (the model shifts them)")
+            labels = labels.long()
             out.main_loss = _cross_entropy(out.logits[:, :-1], labels[:, 1:])
-            out.mtp_losses = [_cross_entropy(lg[:, :-1], labels[:, k + 1:]) for k, lg in enumerate(out.mtp_logits, 1)]
+            # A depth whose targets are all ignored contributes 0 (not the NaN of a mean over nothing).
+            out.mtp_losses = [_cross_entropy(lg[:, :-1], labels[:, k + 1:]) if counts[k] else lg.sum() * 0.0
+                              for k, lg in enumerate(out.mtp_logits, 1)]
             out.loss = out.main_loss
             if out.mtp_losses:
                 out.loss = out.main_loss + mtp_lambda / len(out.mtp_losses) * sum(out.mtp_losses)

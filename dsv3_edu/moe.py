@@ -73,7 +73,7 @@ class Gate(nn.Module):
                 f"shape ({self.n_routed_experts},)"
             )
         x = x.reshape(-1, self.hidden_size)  # (N, d)
-        logits = F.linear(x.float(), self.weight.float())  # (N, E), in fp32 as [OFF] and [HF]
+        logits = F.linear(x.float(), self.weight.float())  # (N, E), in fp32 as [HF] 5.24 ([OFF]: model dtype)
         scores = logits.sigmoid()  # (N, E)  s, [V3] eq 15
         biased = scores + bias.float()  # (N, E)  s + b: used to choose, never to weigh
         if self.n_group > 1:

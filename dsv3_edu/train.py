@@ -1,6 +1,7 @@
 """The course's one training loop: AdamW, warmup + cosine, MTP loss, load balancing, atomic checkpoints.
 
-    python -m dsv3_edu.train --preset tiny-dsv3 [--steps N] [--out DIR] [--resume] [--seed S] [--device auto]
+    python -m dsv3_edu.train --preset tiny-dsv3 [--steps N] [--out DIR] [--resume | --overwrite] [--seed S]
+                             [--device auto] [--threads N]
 
 or from Python (notebooks, benchmarks)::
 
@@ -21,6 +22,11 @@ The data order is a function of (seed, step): step s draws its batch from a gene
 both, so a run resumed from a checkpoint sees exactly the batches it would have seen, and gives the
 same losses and weights as a run that was never interrupted.
 
+A checkpoint is one folder, ``OUT/checkpoints/step-NNNNNN/`` (weights, config.json, trainer state, history,
+train config), written under a temporary name and switched in with one rename: a kill at any instant
+leaves the previous checkpoint whole. ``OUT/config.json`` and ``OUT/model.safetensors`` show the newest
+one in the released layout (hard links), so ``load_pretrained(OUT)`` reads it.
+
 Data parallel (lesson 11): ``torchrun --standalone --nproc_per_node=2 -m dsv3_edu.train ...`` trains
 with ``DistributedDataParallel`` (gloo on CPU, nccl on CUDA). ``batch_size`` stays the *global* batch:
 every rank draws the same batch and keeps its own slice, and the expert counts are summed over the
@@ -32,11 +38,15 @@ the weights and biases of the 1-process run. Only rank 0 evaluates, writes check
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
 import os
+import re
+import shutil
 import sys
 import time
 import warnings
@@ -58,9 +68,17 @@ from .balance import (
     moe_layers,
     update_bias,
 )
-from .checkpoint import from_checkpoint_state, read_checkpoint_tensors, save_pretrained, write_temp
-from .config import ModelConfig
+from .checkpoint import (
+    SAFE_INDEX_NAME,
+    SHARD_PATTERN,
+    check_fits,
+    from_checkpoint_state,
+    read_checkpoint_tensors,
+    save_pretrained,
+)
+from .config import FIELD_NAMES, ModelConfig, read_config_json
 from .data import DOMAINS, BlockDataset
+from .files import ensure_writable, fsync_dir, link_or_copy, remove_stale_temps, remove_tree, write_durably
 from .model import DeepSeekV3
 
 BALANCE_MODES = ("none", "aux_loss", "loss_free", "loss_free_seq")
@@ -69,6 +87,10 @@ CONFIG_FILE = "config.json"
 STATE_FILE = "trainer_state.pt"
 HISTORY_FILE = "history.json"
 TRAIN_CONFIG_FILE = "train_config.json"
+CHECKPOINTS_DIR = "checkpoints"  # OUT/checkpoints/step-NNNNNN/: one complete checkpoint per folder
+PUBLISHED = (WEIGHTS_FILE, HISTORY_FILE, TRAIN_CONFIG_FILE, CONFIG_FILE)  # linked to OUT/ (config.json last)
+# TrainConfig fields a resumed run may change freely: they do not touch the weights or the data order.
+RESUME_FREE = ("device", "eval_every", "eval_blocks_per_domain", "save_every", "record_routing")
 
 
 @dataclass
@@ -113,6 +135,13 @@ class TrainConfig:
                 raise bad(name, "must be a non-negative integer")
         if self.balance not in BALANCE_MODES:
             raise bad("balance", f"use one of {', '.join(BALANCE_MODES)}")
+        for name in ("lr", "gamma", "weight_decay", "grad_clip", "seq_alpha", "aux_alpha", "mtp_lambda",
+                     "min_lr_ratio", "beta1", "beta2"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad(name, f"must be a number, not {type(value).__name__}")
+            if not math.isfinite(value):
+                raise bad(name, "must be finite (an infinite or NaN value trains to NaN)")
         for name in ("lr", "gamma"):
             if not getattr(self, name) > 0:
                 raise bad(name, "must be positive")
@@ -121,11 +150,33 @@ class TrainConfig:
                 raise bad(name, "must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise bad("min_lr_ratio", "must be in [0, 1]")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise bad(name, "must be in [0, 1)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**31:
             raise bad("seed", "must be an integer in [0, 2**31)")
+        if not isinstance(self.record_routing, bool):
+            raise bad("record_routing", "must be True or False")
+        if not isinstance(self.device, str):
+            raise bad("device", 'must be a device name such as "auto", "cpu" or "cuda"')
 
     def replace(self, **changes: Any) -> TrainConfig:
+        _check_train_fields(changes, "TrainConfig.replace")
         return dataclasses.replace(self, **changes)
+
+
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def _suggest(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"{name} (did you mean {close[0]}?)" if close else name
+
+
+def _check_train_fields(changes: dict[str, Any], where: str) -> None:
+    unknown = [name for name in changes if name not in TRAIN_FIELDS]
+    if unknown:
+        raise ValueError(f"{where}: no TrainConfig field " + ", ".join(_suggest(n, TRAIN_FIELDS) for n in unknown))
 
 
 # (ModelConfig.tiny overrides, TrainConfig overrides) per preset.
@@ -164,6 +215,7 @@ def preset(name: str, **train_overrides: Any) -> tuple[ModelConfig, TrainConfig]
     """(ModelConfig, TrainConfig) of a named preset, with some TrainConfig fields changed."""
     if name not in PRESETS:
         raise ValueError(f"preset {name!r}: choose one of {', '.join(PRESETS)}")
+    _check_train_fields(train_overrides, f"preset({name!r})")
     model_overrides, train_fields = PRESETS[name]
     return ModelConfig.tiny(**model_overrides), TrainConfig(**{**train_fields, **train_overrides})
 
@@ -199,10 +251,33 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2))
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" (CUDA when available, else CPU) or a device name, checked: an unknown name or a device this
+    machine lacks raises ``ValueError`` saying which devices there are, before any work."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device={device!r} is not a device name: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"device={device!r}: {why}. Use --device cpu (or auto: CUDA when there is one)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        return dev
+    if dev.type == "meta":
+        raise ValueError("device='meta' holds no data: training needs a real device (cpu, cuda, mps)")
+    try:
+        torch.empty(1, device=dev)
+    except (RuntimeError, AssertionError) as err:
+        raise ValueError(f"device={device!r} is not usable on this machine ({str(err).splitlines()[0][:200]}); "
+                         "use --device cpu") from None
+    return dev
 
 
 @torch.no_grad()
@@ -278,21 +353,89 @@ def weights_digest(model: DeepSeekV3) -> str:
     return h.hexdigest()
 
 
+def checkpoint_dirs(out_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint in ``out_dir``, oldest first. Temporary folders of an
+    interrupted save have other names (``.tmp-step-...``) and are never listed."""
+    root = Path(out_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := re.fullmatch(r"step-(\d+)", p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The folder of the newest checkpoint in ``out_dir``: ``checkpoints/step-N`` with the largest N, or
+    ``out_dir`` itself for a checkpoint written before step folders existed (model.safetensors and
+    trainer_state.pt side by side). None when there is none."""
+    dirs = checkpoint_dirs(out_dir)
+    if dirs:
+        return dirs[-1][1]
+    out = Path(out_dir)
+    return out if (out / WEIGHTS_FILE).exists() and (out / STATE_FILE).exists() else None
+
+
+def has_checkpoint(out_dir: str | Path) -> bool:
+    return latest_checkpoint(out_dir) is not None
+
+
+def describe_run(out_dir: str | Path) -> str | None:
+    """What ``out_dir`` holds that a new run would replace ("a checkpoint at step 200", ...), or None."""
+    out = Path(out_dir)
+    dirs = checkpoint_dirs(out)
+    if dirs:
+        return f"a checkpoint at step {dirs[-1][0]}"
+    if latest_checkpoint(out) is not None:
+        return "a checkpoint (trainer_state.pt)"
+    names = (CONFIG_FILE, WEIGHTS_FILE, SAFE_INDEX_NAME, STATE_FILE, HISTORY_FILE)
+    found = [name for name in names if (out / name).exists()]
+    if found:
+        return f"a trained model without trainer state ({', '.join(found)})"
+    return None
+
+
+def remove_run(out_dir: str | Path) -> None:
+    """Delete what :func:`describe_run` reports (checkpoints, weights, configs, history), nothing else."""
+    out = Path(out_dir)
+    if (out / CHECKPOINTS_DIR).is_dir():
+        remove_tree(out / CHECKPOINTS_DIR)
+    for path in out.iterdir():
+        if path.name in (*PUBLISHED, STATE_FILE, SAFE_INDEX_NAME) or SHARD_PATTERN.match(path.name):
+            path.unlink()
+
+
+def _check_finite_weights(model: DeepSeekV3, step: int) -> None:
+    """Refuse to save weights that hold NaN or inf (one device sync, at save time only)."""
+    floats = [(name, t) for name, t in model.state_dict().items() if t.is_floating_point()]
+    finite = torch.stack([torch.isfinite(t).all() for _, t in floats]).tolist()
+    bad = [name for (name, _), ok in zip(floats, finite) if not ok]
+    if bad:
+        raise FloatingPointError(
+            f"step {step}: {len(bad)} weight tensor(s) hold NaN or inf ({', '.join(bad[:3])}) although the loss was "
+            "finite: the last update overflowed. Nothing was saved from this step. Lower the learning rate."
+        )
+
+
 def save_checkpoint(
     out_dir: str | Path, model: DeepSeekV3, optimizer: torch.optim.Optimizer, step: int,
     history: list[dict[str, Any]], train_config: TrainConfig,
-) -> None:
-    """Write the weights in the released layout (``dsv3_edu.checkpoint.save_pretrained``: config.json and
-    model.safetensors, loadable with ``load_pretrained``), the trainer state (``torch.save`` of plain
-    tensors and dicts: optimizer, RNG, step, history) and history.json / train_config.json.
+) -> Path:
+    """Write one complete checkpoint, ``out_dir/checkpoints/step-NNNNNN/``, and return its folder.
 
-    Every file is first written completely under a temporary name in ``out_dir`` and only then moved into
-    place with ``os.replace`` (atomic): an interrupted save leaves the previous checkpoint as it was. The
-    trainer state records a digest of the weights, so a pair of files from two different saves is
-    detected on load.
+    The folder holds the weights in the released layout (``dsv3_edu.checkpoint.save_pretrained``: config.json
+    and model.safetensors), the trainer state (``torch.save`` of plain tensors and dicts: optimizer, RNG,
+    step, history, and a digest of the weights) and history.json / train_config.json. Every file is written
+    and fsynced inside ``.tmp-step-NNNNNN-PID/``; one ``os.rename`` then makes the checkpoint exist, whole
+    (a kill before it leaves the previous checkpoint the newest; a kill after it, the new one). Only then are
+    ``out_dir/{model.safetensors, config.json, history.json, train_config.json}`` pointed at the new files
+    (hard links, each replaced atomically) and the older checkpoint folders removed. Weights holding NaN or
+    inf are refused before anything is written.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    root = out / CHECKPOINTS_DIR
+    final = root / f"step-{step:06d}"
+    if final.exists():
+        raise FileExistsError(f"{final} exists already: a checkpoint of step {step} was saved before")
+    _check_finite_weights(model, step)
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
@@ -303,50 +446,144 @@ def save_checkpoint(
     }
     if torch.cuda.is_available():
         state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-    temps: list[tuple[Path, Path]] = []
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    root.mkdir(parents=True, exist_ok=True)
     try:
-        for name, write in (
-            (STATE_FILE, lambda p: torch.save(state, p)),
-            (HISTORY_FILE, lambda p: p.write_text(json.dumps(history))),
-            (TRAIN_CONFIG_FILE, lambda p: p.write_text(json.dumps(dataclasses.asdict(train_config), indent=2) + "\n")),
-        ):
-            temps.append((write_temp(out / name, write), out / name))
-        save_pretrained(model, out)  # weights + config.json, itself staged and moved into place
+        tmp.mkdir()
+        save_pretrained(model, tmp)  # config.json + model.safetensors, each fsynced
+        write_durably(tmp / STATE_FILE, lambda p: torch.save(state, p))
+        write_durably(tmp / HISTORY_FILE, lambda p: p.write_text(json.dumps(history)))
+        write_durably(tmp / TRAIN_CONFIG_FILE,
+                      lambda p: p.write_text(json.dumps(dataclasses.asdict(train_config), indent=2) + "\n"))
+        fsync_dir(tmp)
+        os.rename(tmp, final)  # the checkpoint exists from here on, whole
     except BaseException:
-        for tmp, _ in temps:
-            tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(tmp)
         raise
-    for tmp, final in temps:  # the weights are in place: now the state that belongs to them
-        os.replace(tmp, final)
+    fsync_dir(root)  # the rename is on disk before anything older goes
+    publish_checkpoint(out, final)
+    for _, old in checkpoint_dirs(out):
+        if old != final:
+            with contextlib.suppress(OSError):  # what is left (.old-step-N-PID) goes at the next start
+                remove_tree(old)
+    (out / STATE_FILE).unlink(missing_ok=True)  # a trainer state from before step folders, now stale
+    return final
 
 
-def has_checkpoint(out_dir: str | Path) -> bool:
-    return (Path(out_dir) / WEIGHTS_FILE).exists() and (Path(out_dir) / STATE_FILE).exists()
+def publish_checkpoint(out_dir: str | Path, folder: str | Path) -> None:
+    """Point ``out_dir``'s released-layout files at checkpoint ``folder`` (weights first, config.json last),
+    so ``load_pretrained(out_dir)`` reads the newest checkpoint."""
+    for name in PUBLISHED:
+        link_or_copy(Path(folder) / name, Path(out_dir) / name)
 
 
-def load_checkpoint(out_dir: str | Path, model: DeepSeekV3, optimizer: torch.optim.Optimizer | None = None,
-                    ) -> tuple[int, list[dict[str, Any]]]:
-    """Load weights (and optimizer state, RNG) saved by :func:`save_checkpoint`; return (step, history)."""
+def _read_trainer_state(path: Path, device: torch.device) -> dict[str, Any]:
+    advice = (f"Restore {path.parent} from a backup, or start the run again (--overwrite, or another --out); "
+              "the weights beside it still load with load_pretrained.")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing: the checkpoint cannot be resumed. {advice}") from None
+    except Exception as err:  # a truncated zip, a foreign pickle
+        raise ValueError(f"Cannot read {path}: {type(err).__name__}: {str(err).strip().splitlines()[0][:200]}. "
+                         f"The file is damaged or not a trainer state. {advice}") from None
+    needed = ("step", "optimizer", "rng", "history", "train_config", "weights_digest")
+    if not isinstance(state, dict) or any(key not in state for key in needed):
+        raise ValueError(f"{path} is not a trainer state of dsv3_edu.train (it lacks "
+                         f"{[k for k in needed if not isinstance(state, dict) or k not in state]}). {advice}")
+    return state
+
+
+def _changes(saved: dict[str, Any], now: dict[str, Any], skip=()) -> list[str]:
+    return [f"{key} {saved.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(saved) | set(now))
+            if key not in skip and saved.get(key) != now.get(key)]
+
+
+def load_checkpoint(
+    out_dir: str | Path, model: DeepSeekV3, optimizer: torch.optim.Optimizer | None = None,
+    train_config: TrainConfig | None = None, allow_changes: tuple[str, ...] | list[str] = (),
+) -> tuple[int, list[dict[str, Any]]]:
+    """Load the newest checkpoint of ``out_dir`` (weights, and optimizer state and RNG); return (step, history).
+
+    The checkpoint must be of the same run: a model config (config.json) or, when ``train_config`` is
+    given, a training config (learning rate, batch, seed, steps, ...) other than the saved one is refused,
+    naming the fields, unless they are in ``allow_changes``. Files that cannot be read are named.
+    """
     out = Path(out_dir)
-    if not has_checkpoint(out):
-        raise FileNotFoundError(f"No checkpoint in {out}: expected {WEIGHTS_FILE} and {STATE_FILE}")
+    folder = latest_checkpoint(out)
+    if folder is None:
+        raise FileNotFoundError(f"No checkpoint in {out}: expected {CHECKPOINTS_DIR}/step-N/ (or {WEIGHTS_FILE} "
+                                f"and {STATE_FILE})")
     device = next(model.parameters()).device
-    state = torch.load(out / STATE_FILE, map_location=device, weights_only=True)
-    tensors, _ = from_checkpoint_state(read_checkpoint_tensors(out), model.config,
-                                       model.config.num_nextn_predict_layers)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"Checkpoint in {out} does not match the model: missing {missing}, unexpected "
-                           f"{unexpected}. Was it written with another config?")
+    state = _read_trainer_state(folder / STATE_FILE, device)
+    saved_model = read_config_json(folder / CONFIG_FILE)
+    changed = _changes(saved_model, model.config.to_hf(), skip=allow_changes)
+    if train_config is not None:
+        changed += _changes(state["train_config"], dataclasses.asdict(train_config),
+                            skip=(*RESUME_FREE, *allow_changes))
+    if changed:
+        names = [c.split()[0] for c in changed]
+        raise ValueError(
+            f"Cannot resume the run in {out} (step {state['step']}) with a changed config: {'; '.join(changed)}. "
+            "A resumed run continues the same run (the weights, the schedule and the data order depend on these). "
+            f"Use the saved values ({folder / TRAIN_CONFIG_FILE}, {folder / CONFIG_FILE}), start a new run "
+            f"elsewhere, or accept the change on purpose: allow_changes={tuple(names)} "
+            f"(command line: {' '.join('--allow-change ' + n for n in names)})."
+        )
+    on_disk = read_checkpoint_tensors(folder)
+    tensors, _ = from_checkpoint_state(on_disk, model.config, model.config.num_nextn_predict_layers)
+    check_fits(folder, model, tensors, on_disk)
+    model.load_state_dict(tensors, strict=False)  # strict checks done above, with one clear message
     if weights_digest(model) != state["weights_digest"]:
-        raise RuntimeError(f"{WEIGHTS_FILE} in {out} is not the one {STATE_FILE} (step {state['step']}) was saved "
-                           "with: the last save was cut between two files. Start again in a new folder.")
+        raise RuntimeError(f"{WEIGHTS_FILE} in {folder} is not the one {STATE_FILE} (step {state['step']}) was saved "
+                           "with: the two files come from different saves. Start again in a new folder.")
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"]["torch"].cpu())
     if "cuda" in state["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
     return state["step"], state["history"]
+
+
+def prepare_out_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
+    """Check ``out_dir`` before any work: writable, and holding a run exactly when ``resume`` says so.
+
+    Removes temporaries a killed save left. A folder that holds a run needs ``resume`` (continue it) or
+    ``overwrite`` (delete it: done here); ``resume`` on a folder without a checkpoint is refused.
+    """
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
+    if resume and not Path(out_dir).is_dir():
+        raise FileNotFoundError(f"Cannot resume from {out_dir}: there is no such folder. Drop resume (--resume) to "
+                                "start a new run there.")
+    out = ensure_writable(out_dir, is_dir=True, what="checkpoint folder")
+    remove_stale_temps(out)
+    remove_stale_temps(out / CHECKPOINTS_DIR)
+    existing = describe_run(out)
+    if resume:
+        if not has_checkpoint(out):
+            if existing:
+                raise FileNotFoundError(
+                    f"Cannot resume from {out}: it holds {existing}, not a resumable run (that needs "
+                    f"{CHECKPOINTS_DIR}/step-N/ with {STATE_FILE}). Pass overwrite=True (--overwrite) to replace it "
+                    "with a new run, or choose another folder."
+                )
+            raise FileNotFoundError(f"Cannot resume from {out}: it holds no checkpoint. Drop resume (--resume) to "
+                                    "start a new run there.")
+        folder = latest_checkpoint(out)
+        if folder != out:  # finish what a save cut short after its rename: the links, the older folders
+            publish_checkpoint(out, folder)
+            for _, old in checkpoint_dirs(out)[:-1]:
+                remove_tree(old)
+    elif existing:
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} holds {existing}. Pass resume=True (--resume) to continue that run, overwrite=True "
+                "(--overwrite) to delete and replace it, or choose another folder."
+            )
+        remove_run(out)
+    return out
 
 
 # ---------------------------------------------------------------------------------------- loop
@@ -362,6 +599,8 @@ def train(
     stop_at: int | None = None,
     train_data: BlockDataset | None = None,
     val_data: BlockDataset | None = None,
+    overwrite: bool = False,
+    allow_changes: tuple[str, ...] | list[str] = (),
     sync_loads: bool = True,
 ) -> tuple[DeepSeekV3, list[dict[str, Any]]]:
     """Train a DeepSeekV3 on the course corpus; return (model, history).
@@ -371,27 +610,46 @@ def train(
     ``maxvio_batch`` (mean over MoE layers of MaxVio on this step's batch), ``lr``, ``grad_norm``; with
     ``record_routing`` also ``loads`` and ``bias`` (per MoE layer, after the update); at evaluation steps
     the keys of :func:`evaluate`. ``model``: train this model instead of a new one (built with
-    ``torch.manual_seed(seed)``). ``out_dir``: write checkpoints there; ``resume``: continue from the one
-    there. ``stop_at``: stop after that step, as if interrupted (for tests: resuming must give the same
-    run). ``train_data``, ``val_data``: datasets to use instead of the shipped corpus splits (their
-    block_size must be the config's). Inside a process group (torchrun, ``distributed.spawn``) it trains
-    data-parallel; ``sync_loads=False`` skips the all-reduce of the expert counts (to show the biases drift).
+    ``torch.manual_seed(seed)``). ``out_dir``: write checkpoints there (checked before any work; a folder
+    that holds a run needs ``resume`` or ``overwrite``); ``resume``: continue from the newest checkpoint
+    there, refused if the model or training config changed, except for the fields in ``allow_changes``;
+    ``overwrite``: delete the run there first. ``stop_at``: stop after that step, as if interrupted (for
+    tests: resuming must give the same run). ``train_data``, ``val_data``: datasets to use instead of the
+    shipped corpus splits (their block_size must be the config's). A non-finite loss or gradient norm
+    raises ``FloatingPointError`` naming the step, before anything of that step is saved. Inside a process
+    group (torchrun, ``distributed.spawn``) it trains data-parallel; ``sync_loads=False`` skips the
+    all-reduce of the expert counts (to show the biases drift).
     """
     cfg = train_config or TrainConfig()
     device = resolve_device(cfg.device)
     rank, world = distributed.world()
     distributed.check_global_batch(cfg.batch_size, world)
+    unknown = [n for n in allow_changes if n not in TRAIN_FIELDS and n not in FIELD_NAMES]
+    if unknown:
+        raise ValueError("allow_changes: no TrainConfig or ModelConfig field "
+                         + ", ".join(_suggest(n, TRAIN_FIELDS + FIELD_NAMES) for n in unknown))
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs out_dir (the folder that holds the checkpoint)")
     if cfg.block_size > model_config.max_position_embeddings:
         raise ValueError(f"block_size={cfg.block_size} is more than max_position_embeddings="
                          f"{model_config.max_position_embeddings}")
+    n_layers = model_config.num_hidden_layers + model_config.num_nextn_predict_layers
+    no_moe = ValueError(f"balance={cfg.balance!r} needs MoE layers: this config has none "
+                        "(first_k_dense_replace >= num_hidden_layers). Use balance='none'.")
+    if cfg.balance != "none" and model is None and not any(model_config.is_moe_layer(i) for i in range(n_layers)):
+        raise no_moe
+    for name, data in (("train_data", train_data), ("val_data", val_data)):
+        if data is not None and data.block_size != cfg.block_size:
+            raise ValueError(f"{name} has block_size {data.block_size}, the TrainConfig {cfg.block_size}")
+    if out_dir is not None:  # before any work: writable, and a run there only with resume or overwrite
+        out_dir = distributed.on_main_first(prepare_out_dir, out_dir, resume, overwrite)  # rank 0 alone
     if model is None:
         torch.manual_seed(cfg.seed)
         model = DeepSeekV3(model_config)
     model.to(device).train()
     layers = moe_layers(model)
     if cfg.balance != "none" and not layers:
-        raise ValueError(f"balance={cfg.balance!r} needs MoE layers: this config has none "
-                         "(first_k_dense_replace >= num_hidden_layers). Use balance='none'.")
+        raise no_moe
     optimizer = make_optimizer(model, cfg)
     # Experts a shard does not reach get no gradient there: find_unused_parameters. The balancing bias is
     # a buffer that each rank updates itself: broadcast_buffers=False (rank 0's would overwrite it).
@@ -402,16 +660,10 @@ def train(
             net = DistributedDataParallel(model, broadcast_buffers=False, find_unused_parameters=True)
     train_data = train_data or BlockDataset("train", cfg.block_size)
     val_data = val_data or BlockDataset("validation", cfg.block_size)
-    for name, data in (("train_data", train_data), ("val_data", val_data)):
-        if data.block_size != cfg.block_size:
-            raise ValueError(f"{name} has block_size {data.block_size}, the TrainConfig {cfg.block_size}")
 
     step, history = 0, []
-    if resume and out_dir is not None and has_checkpoint(out_dir):
-        saved = json.loads((Path(out_dir) / CONFIG_FILE).read_text())
-        if saved != model_config.to_hf():
-            raise ValueError(f"{out_dir} holds a checkpoint of another model config; use another --out")
-        step, history = load_checkpoint(out_dir, model, optimizer)
+    if resume:
+        step, history = load_checkpoint(out_dir, model, optimizer, cfg, allow_changes)
     for moe in layers:
         moe.tokens_per_expert.zero_()
     last = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
@@ -456,6 +708,15 @@ def train(
             "mtp_loss": logged[3].item() if mtp_loss is not None else None,
             "balance_loss": logged[2].item(), "lr": lr, "grad_norm": float(grad_norm),
         }
+        if not (math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])):  # values read above: no sync
+            bar.close()
+            saved = checkpoint_dirs(out_dir) if out_dir is not None else []
+            raise FloatingPointError(
+                f"step {step}: the loss is {record['loss']} and the gradient norm {record['grad_norm']}. Training "
+                "stopped; nothing of this step was saved"
+                + (f" (the newest checkpoint is step {saved[-1][0]}, in {saved[-1][1]})" if saved else "")
+                + f". Usual cause: a learning rate too high for this model (lr={cfg.lr}); try a smaller one."
+            )
         if loads is not None:
             record["maxvio_batch"] = float(max_violation(loads).mean())
             if cfg.record_routing:
@@ -475,38 +736,81 @@ def train(
 # ----------------------------------------------------------------------------------- command line
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (``--steps 0`` or ``--threads 0`` is an error, not a default)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number (use 1 or more)")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dsv3_edu.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="tiny-dsv3", choices=sorted(PRESETS))
-    parser.add_argument("--steps", type=int, help="total optimizer steps (the schedule spans them)")
-    parser.add_argument("--out", help="checkpoint folder (weights, trainer state, history.json)")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    parser.add_argument("--steps", type=positive_int, help="total optimizer steps (the schedule spans them)")
+    parser.add_argument("--out", help="run folder: checkpoints/step-N/ inside, the newest one's weights on top")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="delete the run in --out and start a new one")
+    parser.add_argument("--allow-change", action="append", default=[], metavar="FIELD",
+                        help="with --resume: accept this changed config field (e.g. steps, to extend a run)")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--device", help="auto (default), cpu, cuda, ...")
+    parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--balance", choices=BALANCE_MODES)
-    parser.add_argument("--gamma", type=float, help="bias update speed")
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--block-size", type=int, help="tokens per training sequence")
+    parser.add_argument("--gamma", type=positive_float, help="bias update speed")
+    parser.add_argument("--lr", type=positive_float)
+    parser.add_argument("--batch-size", type=positive_int)
+    parser.add_argument("--block-size", type=positive_int, help="tokens per training sequence")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.resume and not args.out:
+        parser.error("--resume needs --out (the folder that holds the checkpoint)")
+    if args.overwrite and not args.out:
+        parser.error("--overwrite needs --out (the folder whose run it replaces)")
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the run in --out, --overwrite replaces it: choose one")
+    if args.allow_change and not args.resume:
+        parser.error("--allow-change only makes sense with --resume")
     overrides = {k: v for k, v in dict(steps=args.steps, seed=args.seed, device=args.device, balance=args.balance,
                                        gamma=args.gamma, lr=args.lr, batch_size=args.batch_size,
                                        block_size=args.block_size).items()
                  if v is not None}
-    model_config, train_config = preset(args.preset, **overrides)
-    if args.resume and not args.out:
-        parser.error("--resume needs --out (the folder that holds the checkpoint)")
     world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's processes
     try:
+        model_config, train_config = preset(args.preset, **overrides)
+        resolve_device(train_config.device)
         distributed.check_global_batch(train_config.batch_size, world)
+        if args.out and os.environ.get("RANK", "0") == "0":
+            existing = describe_run(args.out) if Path(args.out).is_dir() else None
+            if args.overwrite and existing:
+                print(f"--overwrite: deleting {existing} in {args.out}, then training from scratch")
     except ValueError as err:
         parser.error(str(err))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     context = distributed.init_from_env(train_config.device)
     start = time.perf_counter()
     try:
         model, history = train(model_config, train_config, out_dir=args.out, progress=not args.no_progress,
-                               resume=args.resume)
+                               resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_change)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:  # refused before any training
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    except FloatingPointError as err:
+        parser.exit(1, f"{parser.prog}: error: {err}\n")
     finally:
         if context is not None:
             dist.destroy_process_group()
@@ -522,7 +826,8 @@ def main(argv: list[str] | None = None) -> int:
             mtp = f", MTP draft acc {m['mtp_acc']:.3f}" if final.get("val_mtp_loss") is not None else ""
             print(f"  {domain:10} loss {m['loss']:.3f}, next-token acc {m['acc']:.3f}{mtp}")
     if args.out:
-        print(f"checkpoint: {args.out}")
+        folder = latest_checkpoint(args.out)
+        print(f"checkpoint: {folder} (load_pretrained({args.out!r}) reads its weights)")
     return 0
 
 

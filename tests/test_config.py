@@ -24,7 +24,7 @@ def test_deepseek_v3_preset_equals_released_config_json():
 
 
 def test_released_numbers_spot_check():
-    # Written out independently of the JSON file (REFERENCE.md section 1).
+    # Written out independently of the JSON file (notebooks/REFERENCE.md section 1).
     c = ModelConfig.deepseek_v3()
     assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads) == (7168, 61, 128)
     assert (c.q_lora_rank, c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim) == (

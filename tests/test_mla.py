@@ -1,5 +1,6 @@
 """MLA: the two paths agree, caching is exact and minimal, the layer equals transformers' DeepseekV3Attention,
-and each MLA trap of REFERENCE.md section 7 (items 6-10) is caught by a test that builds the broken variant."""
+and each MLA trap (traps 6-10, section 7 of notebooks/REFERENCE.md) is caught by a test that builds the
+broken variant."""
 
 import pytest
 import torch

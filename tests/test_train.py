@@ -134,7 +134,14 @@ def test_resume_gives_the_same_run(mode, data, tmp_path):
 def test_checkpoint_files(data, tmp_path):
     mc, tc = smoke(steps=2)
     trained, _ = train(mc, tc, out_dir=tmp_path, progress=False, **data)
-    state = torch.load(tmp_path / "trainer_state.pt", weights_only=True)  # plain tensors and dicts only
+    folder = tmp_path / "checkpoints" / "step-000002"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json", "history.json", "model.safetensors", "train_config.json", "trainer_state.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoints", "config.json", "history.json", "model.safetensors", "train_config.json"]
+    for name in ("config.json", "model.safetensors", "history.json"):  # the top shows the newest checkpoint
+        assert (tmp_path / name).read_bytes() == (folder / name).read_bytes()
+    state = torch.load(folder / "trainer_state.pt", weights_only=True)  # plain tensors and dicts only
     assert state["step"] == 2 and len(state["history"]) == 2 and "optimizer" in state
     model = T.DeepSeekV3(mc)
     step, history = load_checkpoint(tmp_path, model)
@@ -151,11 +158,15 @@ def test_checkpoint_files(data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)  # balancing biases included
 
 
+def tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
 @pytest.mark.parametrize("target", ["weights", "state"])
 def test_crash_during_save_keeps_the_previous_checkpoint(target, data, tmp_path, monkeypatch):
     mc, tc = smoke(steps=6, save_every=3)
     train(mc, tc, out_dir=tmp_path, progress=False, stop_at=3, **data)
-    files_before = sorted(p.name for p in tmp_path.iterdir())
+    files_before = tree(tmp_path)
 
     def crash(obj, path, *args, **kwargs):
         with open(path, "wb") as f:
@@ -166,7 +177,7 @@ def test_crash_during_save_keeps_the_previous_checkpoint(target, data, tmp_path,
     with pytest.raises(OSError, match="simulated"):
         train(mc, tc, out_dir=tmp_path, progress=False, resume=True, **data)
     monkeypatch.undo()
-    assert sorted(p.name for p in tmp_path.iterdir()) == files_before  # no temporary file left behind
+    assert tree(tmp_path) == files_before  # no temporary file or folder left behind
     step, history = load_checkpoint(tmp_path, T.DeepSeekV3(mc))
     assert step == 3 and len(history) == 3
     # and the run still resumes from there to the end
@@ -178,7 +189,8 @@ def test_mismatched_checkpoint_pair_is_detected(data, tmp_path):
     mc, tc = smoke(steps=4)
     train(mc, tc, out_dir=tmp_path / "a", progress=False, stop_at=2, **data)
     train(mc, tc, out_dir=tmp_path / "b", progress=False, stop_at=3, **data)
-    (tmp_path / "b" / "trainer_state.pt").replace(tmp_path / "a" / "trainer_state.pt")
+    state_b = tmp_path / "b/checkpoints/step-000003/trainer_state.pt"
+    state_b.replace(tmp_path / "a/checkpoints/step-000002/trainer_state.pt")
     with pytest.raises(RuntimeError, match=r"not the one trainer_state.pt \(step 3\) was saved with"):
         load_checkpoint(tmp_path / "a", T.DeepSeekV3(mc))
 
@@ -186,7 +198,7 @@ def test_mismatched_checkpoint_pair_is_detected(data, tmp_path):
 def test_resume_refuses_another_model_config(data, tmp_path):
     mc, tc = smoke(steps=2)
     train(mc, tc, out_dir=tmp_path, progress=False, **data)
-    with pytest.raises(ValueError, match="another model config"):
+    with pytest.raises(ValueError, match="changed config: hidden_size 32 -> 48"):
         train(mc.replace(hidden_size=48), tc, out_dir=tmp_path, progress=False, resume=True, **data)
 
 
@@ -214,7 +226,11 @@ def test_command_line(tmp_path, capsys):
     out = tmp_path / "run"
     assert T.main(["--preset", "smoke", "--steps", "3", "--out", str(out), "--no-progress"]) == 0
     assert "val loss" in capsys.readouterr().out and has_checkpoint(out)
-    assert T.main(["--preset", "smoke", "--steps", "5", "--out", str(out), "--resume", "--no-progress"]) == 0
+    with pytest.raises(SystemExit):  # 5 steps instead of 3 changes the schedule: refused unless allowed
+        T.main(["--preset", "smoke", "--steps", "5", "--out", str(out), "--resume", "--no-progress"])
+    assert "changed config: steps 3 -> 5" in capsys.readouterr().err
+    assert T.main(["--preset", "smoke", "--steps", "5", "--out", str(out), "--resume", "--allow-change", "steps",
+                   "--no-progress"]) == 0
     history = json.loads((out / "history.json").read_text())
     assert [r["step"] for r in history] == [1, 2, 3, 4, 5]
 

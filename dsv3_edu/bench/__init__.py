@@ -3,12 +3,12 @@
 Each prints a table of medians and ratios measured in one run; --json writes them.
 """
 
-import json
 from pathlib import Path
+
+from .. import files
 
 
 def write_json(path: Path, results: dict) -> None:
-    """Write a benchmark's results as indented JSON (creating the folder) and say where."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {path}")
+    """Write a benchmark's results as indented JSON, atomically (creating the folder), and say where.
+    Each benchmark calls ``dsv3_edu.files.ensure_writable`` on the path before it measures anything."""
+    files.write_json(path, results, quiet=False)

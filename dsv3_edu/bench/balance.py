@@ -32,14 +32,14 @@ import json
 import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..config import DATA_DIR, ModelConfig
+from ..files import OutputPathError, atomic_write_text, ensure_writable
 from ..moe import MLP, MoE, moe_reference_forward
-from ..train import PRESETS, TrainConfig, preset, train
+from ..train import PRESETS, TrainConfig, positive_int, preset, train
 
 RESULTS_PATH = DATA_DIR / "balance_runs" / "results.json"
 MODES = ("none", "aux_loss", "loss_free", "loss_free_seq")
@@ -214,11 +214,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dsv3_edu.bench balance", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", help=f"write the results there (the lesson reads {RESULTS_PATH})")
     parser.add_argument("--quick", action="store_true", help="a short smoke run (100 steps, small evaluation)")
-    parser.add_argument("--steps", type=int, help="training steps per run (default 800, --quick 100)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=positive_int, help="training steps per run (default 800, --quick 100)")
+    parser.add_argument("--threads", type=positive_int, default=1)
     args = parser.parse_args(argv)
+    if args.json:
+        try:
+            ensure_writable(args.json, what="--json results")
+        except OutputPathError as err:
+            parser.error(str(err))
     torch.set_num_threads(args.threads)
-    steps = args.steps or (100 if args.quick else PRESETS["balance"][1]["steps"])
+    steps = args.steps if args.steps is not None else (100 if args.quick else PRESETS["balance"][1]["steps"])
     small = dict(eval_blocks_per_domain=8, dispatch_tokens=512, loop_tokens=128) if args.quick else {}
     start = time.perf_counter()
     print(f"balance: 6 training runs of {steps} steps, then the dispatch timing")
@@ -227,8 +232,6 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     print(f"total {results['meta']['total_seconds']:.0f} s")
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, separators=(",", ":")) + "\n")
-        print(f"wrote {path}")
+        atomic_write_text(args.json, json.dumps(results, separators=(",", ":")) + "\n")
+        print(f"wrote {args.json}")
     return 0
