@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.redundant is not None and args.redundant < 0:
             raise ValueError(f"--redundant {args.redundant}: give 0 or more extra expert copies")
         if args.json:
-            ensure_writable(args.json, what="--json")
+            ensure_writable(args.json, what="--json results")
     except ValueError as err:
         parser.error(str(err))
     start = time.perf_counter()
