@@ -27,6 +27,13 @@ A checkpoint is one folder, ``OUT/checkpoints/step-NNNNNN/`` (weights, config.js
 train config), written under a temporary name and switched in with one rename: a kill at any instant
 leaves the previous checkpoint whole. ``OUT/config.json`` and ``OUT/model.safetensors`` show the newest
 one in the released layout (hard links), so ``load_pretrained(OUT)`` reads it.
+
+Data parallel (lesson 11): ``torchrun --standalone --nproc_per_node=2 -m dsv3_edu.train ...`` trains
+with ``DistributedDataParallel`` (gloo on CPU, nccl on CUDA). ``batch_size`` stays the *global* batch:
+every rank draws the same batch and keeps its own slice, and the expert counts are summed over the
+ranks before the bias update (``dsv3_edu.distributed.all_reduce_loads``), so a W-process run ends with
+the weights and biases of the 1-process run. Only rank 0 evaluates, writes checkpoints and prints.
+("aux_loss" is the exception: its batch-level f_i P_i is computed on each rank's slice, as frameworks do.)
 """
 
 from __future__ import annotations
@@ -43,13 +50,17 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from . import distributed
 from .balance import (
     max_violation,
     model_aux_loss,
@@ -583,6 +594,7 @@ def train(
     val_data: BlockDataset | None = None,
     overwrite: bool = False,
     allow_changes: tuple[str, ...] | list[str] = (),
+    sync_loads: bool = True,
 ) -> tuple[DeepSeekV3, list[dict[str, Any]]]:
     """Train a DeepSeekV3 on the course corpus; return (model, history).
 
@@ -597,10 +609,14 @@ def train(
     ``overwrite``: delete the run there first. ``stop_at``: stop after that step, as if interrupted (for
     tests: resuming must give the same run). ``train_data``, ``val_data``: datasets to use instead of the
     shipped corpus splits (their block_size must be the config's). A non-finite loss or gradient norm
-    raises ``FloatingPointError`` naming the step, before anything of that step is saved.
+    raises ``FloatingPointError`` naming the step, before anything of that step is saved. Inside a process
+    group (torchrun, ``distributed.spawn``) it trains data-parallel; ``sync_loads=False`` skips the
+    all-reduce of the expert counts (to show the biases drift).
     """
     cfg = train_config or TrainConfig()
     device = resolve_device(cfg.device)
+    rank, world = distributed.world()
+    distributed.check_global_batch(cfg.batch_size, world)
     unknown = [n for n in allow_changes if n not in TRAIN_FIELDS and n not in FIELD_NAMES]
     if unknown:
         raise ValueError("allow_changes: no TrainConfig or ModelConfig field "
@@ -619,7 +635,7 @@ def train(
         if data is not None and data.block_size != cfg.block_size:
             raise ValueError(f"{name} has block_size {data.block_size}, the TrainConfig {cfg.block_size}")
     if out_dir is not None:  # before any work: writable, and a run there only with resume or overwrite
-        out_dir = prepare_out_dir(out_dir, resume, overwrite)
+        out_dir = distributed.on_main_first(prepare_out_dir, out_dir, resume, overwrite)  # rank 0 alone
     if model is None:
         torch.manual_seed(cfg.seed)
         model = DeepSeekV3(model_config)
@@ -628,6 +644,13 @@ def train(
     if cfg.balance != "none" and not layers:
         raise no_moe
     optimizer = make_optimizer(model, cfg)
+    # Experts a shard does not reach get no gradient there: find_unused_parameters. The balancing bias is
+    # a buffer that each rank updates itself: broadcast_buffers=False (rank 0's would overwrite it).
+    net = model
+    if world > 1:
+        with warnings.catch_warnings():  # torch 2.13 renames broadcast_buffers, keeping this meaning
+            warnings.simplefilter("ignore", FutureWarning)
+            net = DistributedDataParallel(model, broadcast_buffers=False, find_unused_parameters=True)
     train_data = train_data or BlockDataset("train", cfg.block_size)
     val_data = val_data or BlockDataset("validation", cfg.block_size)
 
@@ -638,14 +661,15 @@ def train(
         moe.tokens_per_expert.zero_()
     last = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
 
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"train ({cfg.balance})", leave=True)
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress or rank != 0, desc=f"train ({cfg.balance})",
+               leave=True)
     while step < last:
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = train_data.sample(cfg.batch_size, batch_generator(cfg.seed, step))
-        ids = batch.input_ids.to(device)
-        out = model(ids, labels=ids, mtp_lambda=cfg.mtp_lambda)
+        ids = distributed.shard_batch(batch.input_ids, rank, world).to(device)  # this rank's slice
+        out = net(ids, labels=ids, mtp_lambda=cfg.mtp_lambda)
         balance_loss = torch.zeros((), device=device)
         if cfg.balance == "loss_free_seq":
             balance_loss = model_sequence_balance_loss(model, cfg.seq_alpha)
@@ -656,6 +680,8 @@ def train(
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else 1e30)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if sync_loads:
+            distributed.all_reduce_loads(model)  # c_i over the global batch, as V3 counts them
         # Loads c_i of this step's batch, per layer; then the bias update (it resets the counts).
         loads = torch.stack([m.tokens_per_expert.clone() for m in layers]) if layers else None  # (L, E)
         if cfg.balance in ("loss_free", "loss_free_seq", "loss_free_proportional"):
@@ -664,10 +690,16 @@ def train(
             for moe in layers:
                 moe.tokens_per_expert.zero_()
         step += 1
+        mtp_loss = sum(m.detach() for m in out.mtp_losses) / len(out.mtp_losses) if out.mtp_losses else None
+        logged = torch.stack([loss.detach(), out.main_loss.detach(), balance_loss.detach(),
+                              mtp_loss if mtp_loss is not None else torch.zeros_like(loss)]).float()
+        if world > 1:  # the global batch's losses: the mean over ranks of their shards' means
+            dist.all_reduce(logged)
+            logged /= world
         record: dict[str, Any] = {
-            "step": step, "loss": loss.item(), "main_loss": out.main_loss.item(),
-            "mtp_loss": sum(m.item() for m in out.mtp_losses) / len(out.mtp_losses) if out.mtp_losses else None,
-            "balance_loss": balance_loss.item(), "lr": lr, "grad_norm": float(grad_norm),
+            "step": step, "loss": logged[0].item(), "main_loss": logged[1].item(),
+            "mtp_loss": logged[3].item() if mtp_loss is not None else None,
+            "balance_loss": logged[2].item(), "lr": lr, "grad_norm": float(grad_norm),
         }
         if not (math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])):  # values read above: no sync
             bar.close()
@@ -683,12 +715,12 @@ def train(
             if cfg.record_routing:
                 record["loads"] = loads.tolist()
                 record["bias"] = [m.gate.e_score_correction_bias.tolist() for m in layers]
-        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+        if rank == 0 and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
             record.update(evaluate(model, val_data, cfg.batch_size, cfg.eval_blocks_per_domain, cfg.mtp_lambda))
         history.append(record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3f}", maxvio=f"{record.get('maxvio_batch', 0.0):.2f}", refresh=False)
-        if out_dir is not None and ((cfg.save_every and step % cfg.save_every == 0) or step == last):
+        if rank == 0 and out_dir is not None and ((cfg.save_every and step % cfg.save_every == 0) or step == last):
             save_checkpoint(out_dir, model, optimizer, step, history, cfg)
     bar.close()
     return model, history
@@ -750,10 +782,12 @@ def main(argv: list[str] | None = None) -> int:
                                        gamma=args.gamma, lr=args.lr, batch_size=args.batch_size,
                                        block_size=args.block_size).items()
                  if v is not None}
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's processes
     try:
         model_config, train_config = preset(args.preset, **overrides)
         resolve_device(train_config.device)
-        if args.out:
+        distributed.check_global_batch(train_config.batch_size, world)
+        if args.out and os.environ.get("RANK", "0") == "0":
             existing = describe_run(args.out) if Path(args.out).is_dir() else None
             if args.overwrite and existing:
                 print(f"--overwrite: deleting {existing} in {args.out}, then training from scratch")
@@ -761,6 +795,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     if args.threads:
         torch.set_num_threads(args.threads)
+    context = distributed.init_from_env(train_config.device)
     start = time.perf_counter()
     try:
         model, history = train(model_config, train_config, out_dir=args.out, progress=not args.no_progress,
@@ -769,6 +804,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     except FloatingPointError as err:
         parser.exit(1, f"{parser.prog}: error: {err}\n")
+    finally:
+        if context is not None:
+            dist.destroy_process_group()
+    if context is not None and context.rank != 0:
+        return 0  # only rank 0 reports
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{args.preset}: {n_params:,} parameters, {train_config.steps} steps, {time.perf_counter() - start:.0f} s")
     final = history[-1] if history else {}

@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-NAMES = ("mla", "balance", "mtp")
+NAMES = ("mla", "balance", "mtp", "ep")
 
 
 def main(argv: list[str]) -> int:
