@@ -10,7 +10,7 @@ from dsv3_edu.config import ModelConfig
 from dsv3_edu.data import BlockDataset
 from dsv3_edu.model import DeepSeekV3
 from dsv3_edu.train import evaluate_same_targets
-from dsv3_edu.widgets.balance import domain_specialization, relative_domain_loads
+from dsv3_edu.widgets.l06_balancing import domain_specialization, relative_domain_loads
 
 torch.set_num_threads(1)
 
