@@ -309,7 +309,7 @@ class ModelConfig:
             known = sorted(names | set(_FIXED_VALUES) | set(_IGNORED_KEYS) | {"rope_parameters", "model_type"})
             warnings.warn(
                 "ModelConfig.from_hf does not know these keys (typos?), so they change nothing: "
-                + ", ".join(_with_suggestion(k, known) for k in sorted(unknown)),
+                + ", ".join(with_suggestion(k, known) for k in sorted(unknown)),
                 stacklevel=2,
             )
         if ignored:
@@ -358,7 +358,8 @@ _INTEGER_FIELDS = (
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(ModelConfig))
 
 
-def _with_suggestion(name: str, known) -> str:
+def with_suggestion(name: str, known) -> str:
+    """``name``, followed by the closest of ``known`` when one is close: for "no such field" errors."""
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     return f"{name} (did you mean {close[0]}?)" if close else name
 
@@ -368,7 +369,7 @@ def _check_names(changes: dict[str, Any], where: str) -> None:
     unknown = [name for name in changes if name not in FIELD_NAMES]
     if unknown:
         raise ValueError(
-            f"{where}: no field " + ", ".join(_with_suggestion(n, FIELD_NAMES) for n in unknown)
+            f"{where}: no field " + ", ".join(with_suggestion(n, FIELD_NAMES) for n in unknown)
             + ". The fields are ModelConfig's (config.json key names), e.g. hidden_size, num_hidden_layers."
         )
 

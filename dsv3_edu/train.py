@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
@@ -76,7 +75,7 @@ from .checkpoint import (
     read_checkpoint_tensors,
     save_pretrained,
 )
-from .config import FIELD_NAMES, ModelConfig, read_config_json
+from .config import FIELD_NAMES, ModelConfig, read_config_json, with_suggestion
 from .data import BlockDataset
 from .evaluation import evaluate
 from .files import ensure_writable, fsync_dir, link_or_copy, remove_stale_temps, remove_tree, write_durably
@@ -169,15 +168,11 @@ class TrainConfig:
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
-def _suggest(name: str, known) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f"{name} (did you mean {close[0]}?)" if close else name
-
-
 def _check_train_fields(changes: dict[str, Any], where: str) -> None:
     unknown = [name for name in changes if name not in TRAIN_FIELDS]
     if unknown:
-        raise ValueError(f"{where}: no TrainConfig field " + ", ".join(_suggest(n, TRAIN_FIELDS) for n in unknown))
+        names = ", ".join(with_suggestion(n, TRAIN_FIELDS) for n in unknown)
+        raise ValueError(f"{where}: no TrainConfig field {names}")
 
 
 # (ModelConfig.tiny overrides, TrainConfig overrides) per preset.
@@ -620,7 +615,7 @@ def train(
     unknown = [n for n in allow_changes if n not in TRAIN_FIELDS and n not in FIELD_NAMES]
     if unknown:
         raise ValueError("allow_changes: no TrainConfig or ModelConfig field "
-                         + ", ".join(_suggest(n, TRAIN_FIELDS + FIELD_NAMES) for n in unknown))
+                         + ", ".join(with_suggestion(n, TRAIN_FIELDS + FIELD_NAMES) for n in unknown))
     if resume and out_dir is None:
         raise ValueError("resume=True needs out_dir (the folder that holds the checkpoint)")
     if cfg.block_size > model_config.max_position_embeddings:

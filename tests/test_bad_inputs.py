@@ -15,12 +15,12 @@ import warnings
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from train_helpers import small_data
 
 import dsv3_edu.train as T
 from dsv3_edu import ModelConfig
 from dsv3_edu.checkpoint import CheckpointMismatchError, load_pretrained, save_pretrained
 from dsv3_edu.config import resolve_dtype
-from dsv3_edu.data import BlockDataset, documents, load_corpus
 from dsv3_edu.generate import generate, sample_next, speculative_generate
 from dsv3_edu.model import DeepSeekV3
 
@@ -297,12 +297,7 @@ def test_generation_input_type(model):
 
 @pytest.fixture(scope="module")
 def data():
-    def small(split, n_docs):
-        corpus = {d: "".join(doc + "<|endoftext|>\n" for doc in documents(text)[:n_docs])
-                  for d, text in load_corpus(split).items()}
-        return BlockDataset(split, 32, corpus=corpus)
-
-    return {"train_data": small("train", 20), "val_data": small("validation", 4)}
+    return small_data(20, 4)
 
 
 def smoke(**overrides):

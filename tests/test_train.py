@@ -5,11 +5,11 @@ import math
 
 import pytest
 import torch
+from train_helpers import small_data
 
 import dsv3_edu.checkpoint as C
 import dsv3_edu.train as T
 from dsv3_edu.balance import moe_layers
-from dsv3_edu.data import BlockDataset, documents, load_corpus
 from dsv3_edu.train import (
     TrainConfig,
     batch_generator,
@@ -27,12 +27,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def data():
     """Small train / validation sets (a few documents per domain) so every test takes a second."""
-    def small(split, n_docs):
-        corpus = {d: "".join(doc + "<|endoftext|>\n" for doc in documents(text)[:n_docs])
-                  for d, text in load_corpus(split).items()}
-        return BlockDataset(split, 32, corpus=corpus)
-
-    return {"train_data": small("train", 40), "val_data": small("validation", 10)}
+    return small_data(40, 10)
 
 
 def smoke(**overrides):
