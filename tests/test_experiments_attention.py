@@ -32,7 +32,7 @@ def test_arms_are_the_advertised_attention_modules():
     assert n_kv == {"mha": 4, "gqa": 2, "mqa": 1}
     for arm in exp.ARMS:  # everything else is the course's DeepSeekV3 with a dense FFN and no MTP
         net = exp.build_model(arm, exp.MODEL, 0)
-        assert not net.mtp and all(type(layer.mlp).__name__ == "MLP" for layer in net.model.layers)
+        assert not net.mtp and all(type(layer.mlp).__name__ == "SwiGLUMLP" for layer in net.model.layers)
 
 
 @pytest.mark.parametrize("arm", list(exp.ARMS))

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _site(tmp_path, page_html: str):
-    for name in ("index.html", "REFERENCE.html", "INSTRUCTORS.html"):
+    for name in ("index.html", "REFERENCE.html", "INSTRUCTORS.html"):  # pages of notebooks/REFERENCE.md etc.
         (tmp_path / name).write_text("<html></html>")
     (tmp_path / "_static").mkdir(exist_ok=True)
     (tmp_path / "_static" / "local.js").write_text("")

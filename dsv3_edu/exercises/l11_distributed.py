@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ._common import NOT_DONE as _NOT_DONE
+from ._common import as_int_list, as_tensor, checker
 from ._common import call_learner as _call
 
 # ----------------------------------------------------------------------------------------------
@@ -45,26 +46,25 @@ def _count_mistakes(idx, per, world):
     )
 
 
+@checker
 def check_send_counts(fn) -> None:
     """fn(topk_idx (N, K), experts_per_rank, world_size) -> (W,) rows sent to each rank."""
     for idx, per, world in _COUNT_CASES:
         got = _call(fn, idx.clone(), per, world, hint="rank of an expert: topk_idx // experts_per_rank")
         if got is _NOT_DONE:
             return
-        if got is None:
-            print("Your function returned None: did you forget `return`?")
+        if isinstance(got, torch.Tensor) and got.is_floating_point() and bool((got == got.round()).all()):
+            got = got.long()  # whole-valued float counts (e.g. from a float sum) are fine
+        counts = as_int_list(got)
+        if counts is None:
+            print(f"Return the {world} counts as an integer tensor (or a list of ints), not {type(got).__name__}"
+                  + (f" of dtype {got.dtype}." if isinstance(got, torch.Tensor) else "."))
             return
-        if not isinstance(got, torch.Tensor):
-            try:
-                got = torch.as_tensor(got)
-            except (TypeError, ValueError):
-                print(f"Return a tensor of {world} counts, not {type(got).__name__}.")
-                return
-        if got.numel() != world:
-            print(f"Return one count per rank: {world} numbers, got shape {tuple(got.shape)}.")
+        if len(counts) != world:
+            print(f"Return one count per rank: {world} numbers, got {len(counts)}.")
             return
         want = solution_send_counts(idx, per, world)
-        got = got.flatten().long()
+        got = torch.tensor(counts)
         if torch.equal(got, want):
             continue
         print(f"For topk_idx={idx.tolist()}, {per} experts per rank, {world} ranks: expected {want.tolist()}, "
@@ -91,16 +91,17 @@ def solution_token_bytes() -> tuple[int, int]:
     return V3_HIDDEN * 1 * V3_MAX_NODES, V3_HIDDEN * 1 * min(V3_TOP_K, V3_NODES)
 
 
+@checker
 def check_token_bytes(answer) -> None:
     """answer: (bytes with the node limit, bytes without it), each the most one token can need."""
     if answer is None:
         print("Not done yet: set `answer = (bytes_with_limit, bytes_without_limit)`.")
         return
-    try:
-        got = tuple(int(v) for v in answer)
-    except (TypeError, ValueError):
+    values = as_int_list(answer)
+    if values is None:
         print(f"Give two whole numbers (with the limit, without it), not {type(answer).__name__}.")
         return
+    got = tuple(values)
     if len(got) != 2:
         print(f"Give two numbers, with the limit and without it; got {len(got)}.")
         return
@@ -168,18 +169,15 @@ def _bias_mistakes(loads, bias, gamma):
     )
 
 
+@checker
 def check_global_bias_step(fn) -> None:
     """fn(rank_loads (W, E) tokens per expert on each rank, bias (E,), gamma) -> new bias (E,)."""
     for loads, bias, gamma in _BIAS_CASES:
         got = _call(fn, loads.clone(), bias.clone(), gamma, hint="rank_loads holds integers: use .float()")
         if got is _NOT_DONE:
             return
+        got = as_tensor(got, shape=bias.shape, what="the new bias")
         if got is None:
-            print("Your function returned None: did you forget `return`?")
-            return
-        if not isinstance(got, torch.Tensor) or got.shape != bias.shape:
-            print(f"Return the new bias, a tensor of shape {tuple(bias.shape)}; got "
-                  f"{tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__}.")
             return
         want = solution_global_bias_step(loads, bias, gamma)
         if torch.allclose(got.double(), want, atol=1e-9):
