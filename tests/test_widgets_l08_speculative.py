@@ -10,12 +10,11 @@ import torch  # noqa: E402
 from widget_helpers import assert_refused  # noqa: E402
 
 from dsv3_edu import DeepSeekV3, ModelConfig, generate, speculative_generate  # noqa: E402
+from dsv3_edu.evaluation import acceptance_runs, pool  # noqa: E402
 from dsv3_edu.generate import SpeculativeStats  # noqa: E402
 from dsv3_edu.widgets.l08_speculative import (  # noqa: E402
-    acceptance_runs,
     forward_staircase,
     plot_tokens_vs_forwards,
-    pool,
     prompt_ids,
     segments_summary,
     speculative_explorer,

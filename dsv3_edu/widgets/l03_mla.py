@@ -119,8 +119,8 @@ def plot_attention(attn: torch.Tensor, tokens: Sequence[str], layer: int = 0, he
     left.add_patch(plt.Rectangle((-0.5, query - 0.5), T, 1, fill=False, edgecolor="tab:red", linewidth=1.5))
     every = max(1, -(-T // 32))  # at most 32 token labels per axis
     ticks = list(range(0, T, every))
-    left.set_xticks(ticks, [f"{i} {_short(tokens[i])}" for i in ticks], fontsize=6, rotation=90)
-    left.set_yticks(ticks, [f"{_short(tokens[i])} {i}" for i in ticks], fontsize=6)
+    left.set_xticks(ticks, [f"{i} {visible_token(tokens[i])}" for i in ticks], fontsize=6, rotation=90)
+    left.set_yticks(ticks, [f"{visible_token(tokens[i])} {i}" for i in ticks], fontsize=6)
     fig.colorbar(image, ax=left, fraction=0.046, pad=0.02, label="attention weight (probability)")
     left.set_xlabel("key position and token")
     left.set_ylabel("query position and token")

@@ -9,8 +9,8 @@ whether the main model agreed ([V3] 5.4.3). This module turns that record into
 - :func:`speculative_html`: the same as coloured HTML (black main, green accepted, red struck-out rejected);
 - :func:`plot_tokens_vs_forwards`: new tokens after each main-model forward, greedy (one per forward)
   against speculative (two when the draft is accepted);
-- :func:`acceptance_runs` and :func:`teacher_forced_agreement`: acceptance rate on held-out prompts,
-  and how often the draft equals the main model's argmax on the held-out text itself.
+
+The measurements (``acceptance_runs``, ``pool``, ``teacher_forced_agreement``) are in :mod:`dsv3_edu.evaluation`.
 
 ``speculative_explorer(model)`` returns a VBox with ``.controls`` ("prompt", "text", "new_tokens"),
 ``.html`` (the coloured generation and its statistics) and ``.image`` (the tokens-per-forward staircase);
@@ -150,40 +150,6 @@ def plot_tokens_vs_forwards(stats: SpeculativeStats, title: str = "", ax=None) -
     if fig is not None:
         fig.tight_layout()
     return fig if fig is not None else ax.figure
-
-
-# ------------------------------------------------------------------------------ measurements
-
-
-def acceptance_runs(model: DeepSeekV3, per_domain: int = 2, new_tokens: int = 64, prompt_bytes: int = 32,
-                    check_greedy: bool = True) -> list[dict]:
-    """Speculative decoding from the starts of the first ``per_domain`` held-out documents of every domain.
-
-    One dict per prompt: domain, drafts proposed and accepted, main forwards, new tokens, acceptance rate,
-    tokens per forward, and (``check_greedy``) whether the output equals ``generate``'s token for token.
-    """
-    tok, corpus = ByteTokenizer(), load_corpus("validation")
-    rows = []
-    for domain in DOMAINS:
-        for doc in documents(corpus[domain])[:per_domain]:
-            ids = torch.tensor([tok.encode(doc, add_bos=True)[: 1 + prompt_bytes]])
-            spec, stats = speculative_generate(model, ids, new_tokens)
-            row = {"domain": domain, "drafts_proposed": stats.drafts_proposed,
-                   "drafts_accepted": stats.drafts_accepted, "main_forwards": stats.main_forwards,
-                   "new_tokens": stats.new_tokens, "acceptance_rate": stats.acceptance_rate,
-                   "tokens_per_forward": stats.tokens_per_forward}
-            if check_greedy:
-                row["identical"] = bool(torch.equal(spec, generate(model, ids, new_tokens)))
-            rows.append(row)
-    return rows
-
-
-def pool(rows: list[dict]) -> dict:
-    """Pooled acceptance (accepted / proposed over all rows) and tokens per forward (tokens / forwards)."""
-    proposed = sum(r["drafts_proposed"] for r in rows)
-    return {"drafts_proposed": proposed, "drafts_accepted": sum(r["drafts_accepted"] for r in rows),
-            "acceptance_rate": sum(r["drafts_accepted"] for r in rows) / proposed if proposed else 0.0,
-            "tokens_per_forward": sum(r["new_tokens"] for r in rows) / sum(r["main_forwards"] for r in rows)}
 
 
 # ------------------------------------------------------------------------------------- widget

@@ -5,10 +5,9 @@
   generator and redraws the text (``.html``) and the probability the model gave each new token
   (``.image``). The drawing is :func:`generation_view` + :func:`plot_generation`, so a lesson cell
   shows the same thing without a widget.
-- :func:`score_sums` checks the sums ``a+b=c`` in a text: the arithmetic of a generation, computed.
-  :func:`greedy_answers_right` checks every held-out answer (``ANSWER_PATTERNS``: sums, differences,
-  times tables, CSV totals) in one teacher-forced forward per document, which says exactly whether
-  greedy decoding would write it.
+- ``score_sums`` (the sums ``a+b=c`` of a generation, checked) and ``greedy_answers_right`` (every
+  held-out answer of ``ANSWER_PATTERNS``, in one teacher-forced forward per document) are in
+  :mod:`dsv3_edu.evaluation`.
 - :func:`plot_domain_loads` draws a :class:`~dsv3_edu.balance.LoadTracker`'s per-domain loads in the
   style of [V3] Figure 9 (relative load: 1 is the fair share); :func:`plot_history` the training
   curves of a ``history.json`` written by :mod:`dsv3_edu.train`.
@@ -21,7 +20,6 @@ from __future__ import annotations
 
 import html as html_lib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from ..data import DOMAINS, ByteTokenizer
+from ..evaluation import score_sums
 from ..generate import generate
 from ..layers import eval_mode
 from ..model import DeepSeekV3
@@ -47,28 +46,6 @@ DOMAIN_PROMPTS = {
     "csv": "item,price,qty,total\nbook,9,9,81\ncup,",
 }
 MAX_NEW_TOKENS = 200
-SUM_PATTERN = re.compile(r"(?m)^(\d+)\+(\d+)=(\d+)$")  # a whole line "a+b=c"
-
-
-# ------------------------------------------------------------------------------------- arithmetic
-
-
-def score_sums(text: str) -> tuple[int, int]:
-    """(right, total) over the complete lines ``a+b=c`` of ``text``: is c really a + b?
-
-    Only whole lines count (a line cut off by ``max_new_tokens`` is not a claim yet).
-    """
-    found = SUM_PATTERN.findall(text if text.endswith("\n") else text[: text.rfind("\n") + 1])
-    return sum(int(a) + int(b) == int(c) for a, b, c in found), len(found)
-
-
-# Questions with one right answer in the corpus's held-out text: the named group "ans" is the answer.
-ANSWER_PATTERNS = {
-    "sums a+b": re.compile(r"(?m)^\d+\+\d+=(?P<ans>\d+)$"),
-    "differences a-b": re.compile(r"(?m)^\d+-\d+=(?P<ans>\d+)$"),
-    "times tables a*b": re.compile(r"(?m)^\d+\*\d+=(?P<ans>\d+)$"),
-    "csv total = price x qty": re.compile(r"(?m)^[a-z]+,\d+,\d+,(?P<ans>\d+)$"),
-}
 
 
 # ------------------------------------------------------------------------------------- generation
