@@ -55,7 +55,7 @@ def _require_layers(moe_or_model: nn.Module) -> list[MoE]:
 
 
 @torch.no_grad()
-def update_bias(moe_or_model: nn.Module, gamma: float = 1e-3) -> list[torch.Tensor]:
+def update_bias(moe_or_model: nn.Module, gamma: float = 1e-3, rule: str = "sign") -> list[torch.Tensor]:
     """One bias update per MoE layer ([LF] Alg. 1, [V3] 2.1.2); call it after ``optimizer.step()``.
 
     With c the tokens each expert received since the last update (``tokens_per_expert``)::
@@ -63,7 +63,9 @@ def update_bias(moe_or_model: nn.Module, gamma: float = 1e-3) -> list[torch.Tens
         b_i <- b_i + gamma * sign(mean_j c_j - c_i)
 
     An overloaded expert's bias falls by exactly gamma, an underloaded one's rises by exactly
-    gamma, and an expert at the mean is left alone. The counts are then reset. Layers in eval
+    gamma, and an expert at the mean is left alone. ``rule="proportional"`` is the alternative
+    lesson 06's experiment compares (not in [LF] or [V3]): b_i <- b_i + gamma * (mean_j c_j - c_i) / mean_j c_j,
+    a step proportional to the relative load error. The counts are then reset. Layers in eval
     mode are skipped: they neither count tokens nor update (evaluation must not steer routing).
 
     Returns the loads c (E,) used, one tensor per updated layer, in layer order (empty when
@@ -71,6 +73,8 @@ def update_bias(moe_or_model: nn.Module, gamma: float = 1e-3) -> list[torch.Tens
     """
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma <= 0:
         raise ValueError(f"gamma={gamma!r}: the bias update speed must be a positive number (the paper uses 1e-3)")
+    if rule not in ("sign", "proportional"):
+        raise ValueError(f"rule={rule!r}: use 'sign' ([LF] Alg. 1) or 'proportional'")
     used = []
     for moe in _require_layers(moe_or_model):
         if not moe.training:
@@ -83,7 +87,10 @@ def update_bias(moe_or_model: nn.Module, gamma: float = 1e-3) -> list[torch.Tens
             )
         loads = moe.tokens_per_expert.clone()  # (E,)  c_i
         c = loads.double()
-        step = gamma * torch.sign(c.mean() - c)  # (E,)  +gamma under, -gamma over, 0 at the mean
+        if rule == "sign":
+            step = gamma * torch.sign(c.mean() - c)  # (E,)  +gamma under, -gamma over, 0 at the mean
+        else:
+            step = gamma * (c.mean() - c) / c.mean().clamp(min=1.0)  # (E,)  relative load error
         bias.copy_((bias.double() + step).to(bias.dtype))
         moe.tokens_per_expert.zero_()
         used.append(loads)

@@ -16,7 +16,8 @@ One step ([V3] 2.1.2, 2.2; [LF] Alg. 1)::
 The balancing bias ``e_score_correction_bias`` is a buffer: the optimizer never sees it, so no
 weight decay or Adam moment touches it. Balance modes: "none" (nothing), "aux_loss" (the classic
 batch-level auxiliary loss, weight ``aux_alpha``), "loss_free" (the bias update alone) and
-"loss_free_seq" (the bias update plus [V3]'s complementary sequence-wise loss, ``seq_alpha``).
+"loss_free_seq" (the bias update plus [V3]'s complementary sequence-wise loss, ``seq_alpha``) and
+"loss_free_proportional" (a bias step proportional to the load error instead of its sign; lesson 06).
 
 The data order is a function of (seed, step): step s draws its batch from a generator seeded with
 both, so a run resumed from a checkpoint sees exactly the batches it would have seen, and gives the
@@ -70,7 +71,7 @@ from .evaluation import evaluate
 from .files import ensure_writable, fsync_dir, link_or_copy, remove_stale_temps, remove_tree, write_durably
 from .model import DeepSeekV3
 
-BALANCE_MODES = ("none", "aux_loss", "loss_free", "loss_free_seq")
+BALANCE_MODES = ("none", "aux_loss", "loss_free", "loss_free_seq", "loss_free_proportional")
 WEIGHTS_FILE = "model.safetensors"  # written by dsv3_edu.checkpoint.save_pretrained, with config.json
 CONFIG_FILE = "config.json"
 STATE_FILE = "trainer_state.pt"
@@ -97,7 +98,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
     seed: int = 0  # model init and data order
-    balance: str = "loss_free"  # "none" | "aux_loss" | "loss_free" | "loss_free_seq"
+    balance: str = "loss_free"  # one of BALANCE_MODES
     gamma: float = 1e-3  # bias update speed ([V3]: 0.001)
     seq_alpha: float = 1e-4  # sequence-wise balance loss weight ([V3]: 0.0001)
     aux_alpha: float = 1e-2  # auxiliary balance loss weight (Switch Transformer: 0.01)
@@ -604,8 +605,8 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         # Loads c_i of this step's batch, per layer; then the bias update (it resets the counts).
         loads = torch.stack([m.tokens_per_expert.clone() for m in layers]) if layers else None  # (L, E)
-        if cfg.balance in ("loss_free", "loss_free_seq"):
-            update_bias(model, cfg.gamma)
+        if cfg.balance in ("loss_free", "loss_free_seq", "loss_free_proportional"):
+            update_bias(model, cfg.gamma, "proportional" if cfg.balance == "loss_free_proportional" else "sign")
         else:
             for moe in layers:
                 moe.tokens_per_expert.zero_()
