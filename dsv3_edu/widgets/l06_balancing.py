@@ -24,7 +24,8 @@ from matplotlib.figure import Figure
 
 from ..balance import GAMMA_RANGE, ToyRouter, relative_domain_loads
 from ..config import DATA_DIR
-from ..viz import error_html, fig_to_png, html_table, moving_average, text_table
+from ..viz import fig_to_png, html_table, moving_average, text_table
+from . import explorer
 
 RESULTS_PATH = DATA_DIR / "balance_runs" / "results.json"
 RUN_COLORS = {"none": "tab:red", "aux_loss": "tab:orange", "loss_free": "tab:blue", "loss_free_seq": "tab:green"}
@@ -81,56 +82,29 @@ def bias_stepper(gamma: float = 0.01, steps_per_click: int = 10, balance: bool =
         "step": W.Button(description="step", button_style="primary"),
         "reset": W.Button(description="reset"),
     }
-    image = W.Image(format="png")
-    html = W.HTML()
     state = {"router": ToyRouter(gamma=gamma, balance=balance, **router_kwargs)}
 
-    def redraw() -> None:
+    def render(gamma: float, steps: int, balance: bool) -> tuple[bytes, str]:
         router = state["router"]
-        image.value = fig_to_png(plot_toy_router(router))
+        router.gamma, router.balance = gamma, balance  # a bad gamma raises ValueError: shown, not drawn
         last = f"{router.maxvio[-1]:.3f}" if router.maxvio else "-"
-        html.value = (f"<b>step {router.steps}, MaxVio_batch {last}, gamma {router.gamma:g}, "
-                      f"bias update {'on' if router.balance else 'off'}</b>"
-                      + html_table(TABLE_HEADER, toy_router_table(router)))
+        return fig_to_png(plot_toy_router(router)), (
+            f"<b>step {router.steps}, MaxVio_batch {last}, gamma {router.gamma:g}, "
+            f"bias update {'on' if router.balance else 'off'}</b>" + html_table(TABLE_HEADER, toy_router_table(router)))
 
-    def set_gamma(change=None) -> None:
-        try:
-            state["router"].gamma = controls["gamma"].value
-        except ValueError as err:
-            html.value = error_html(str(err))
-            return
-        redraw()
-
-    def set_balance(change=None) -> None:
-        state["router"].balance = controls["balance"].value
-        redraw()
-
-    def on_step(_button=None) -> None:
+    def on_step() -> None:
         n = controls["steps"].value
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1000:
-            html.value = error_html(f"steps per click={n!r} is out of range: use 1 to 1000")
-            return
+            raise ValueError(f"steps per click={n!r} is out of range: use 1 to 1000")
         state["router"].step(n)
-        redraw()
 
-    def on_reset(_button=None) -> None:
-        try:
-            state["router"] = ToyRouter(gamma=controls["gamma"].value, balance=controls["balance"].value,
-                                        **router_kwargs)
-        except ValueError as err:
-            html.value = error_html(str(err))
-            return
-        redraw()
+    def on_reset() -> None:
+        state["router"] = ToyRouter(gamma=controls["gamma"].value, balance=controls["balance"].value,
+                                    **router_kwargs)
 
-    controls["gamma"].observe(set_gamma, names="value")
-    controls["balance"].observe(set_balance, names="value")
-    controls["step"].on_click(on_step)
-    controls["reset"].on_click(on_reset)
-    redraw()
-    box = W.VBox([W.HBox([controls["gamma"], controls["steps"], controls["balance"]]),
-                  W.HBox([controls["step"], controls["reset"]]), image, html])
-    box.controls, box.image, box.html, box.state = controls, image, html, state
-    box.step, box.reset, box.redraw = on_step, on_reset, redraw
+    box = explorer(controls, render, rows=[["gamma", "steps", "balance"], ["step", "reset"]],
+                   buttons={"step": on_step, "reset": on_reset})
+    box.state, box.step, box.reset = state, box.actions["step"], box.actions["reset"]
     return box
 
 

@@ -19,8 +19,6 @@ tests drive it by setting ``.value``. Tokens are the bytes of dsv3_edu's ByteTok
 
 from __future__ import annotations
 
-import html as html_lib
-
 import ipywidgets as W
 import matplotlib.pyplot as plt
 import torch
@@ -29,8 +27,8 @@ from matplotlib.figure import Figure
 from ..data import DOMAINS, ByteTokenizer, documents, load_corpus
 from ..generate import SpeculativeStats, generate, speculative_generate
 from ..model import DeepSeekV3
-from ..viz import error_html, fig_to_png, html_table
-from . import announce_clamps
+from ..viz import escape, fig_to_png, html_table
+from . import explorer
 
 KIND_COLORS = {"prompt": "#6e7781", "main": "#000000", "accepted": "#1a7f37", "rejected": "#cf222e"}
 CUSTOM = "custom"
@@ -96,7 +94,7 @@ def speculative_html(prompt: list[int], segments: list[tuple[str, int]]) -> str:
     parts = []
     for kind, tok in [("prompt", t) for t in prompt if t < 256] + list(segments):
         text = _label(tok)
-        shown = "↵<br>" if text == "\n" else html_lib.escape(text).replace(" ", "&nbsp;")
+        shown = "↵<br>" if text == "\n" else escape(text).replace(" ", "&nbsp;")
         parts.append(f"<span style='{style[kind]}'>{shown}</span>")
     return ("<div style='font-family:monospace;font-size:13px;line-height:1.5;white-space:normal'>"
             + "".join(parts) + "</div>")
@@ -201,30 +199,25 @@ def speculative_explorer(model: DeepSeekV3, texts: dict[str, str] | None = None,
     style = {"description_width": "80px"}
     controls = {
         "prompt": W.Dropdown(options=options, value=prompt, description="prompt", style=style),
-        "text": W.Text(value=texts.get(prompt, next(iter(texts.values()), "")), description="custom text",
-                       style=style, layout=W.Layout(width="420px")),
+        "text": W.Text(value=texts.get(prompt, next(iter(texts.values()), "")), description="text",
+                       style=style, layout=W.Layout(width="420px"), continuous_update=False),
         "new_tokens": W.IntSlider(value=new_tokens, min=1, max=MAX_NEW_TOKENS, description="new tokens",
                                   style=style, layout=W.Layout(width="420px"), continuous_update=False),
     }
-    image = W.Image(format="png")
-    out_html = W.HTML()
 
-    def redraw(change=None) -> None:
+    def render(prompt: str, text: str, new_tokens: int) -> tuple[bytes, str]:
+        html, fig, _ = speculative_view(model, text, new_tokens, prompt)
+        return fig_to_png(fig), f"<b>{escape(prompt)}</b>, {new_tokens} new tokens<br>" + html
+
+    def pick_prompt(change) -> None:  # a held-out prompt shows its text in the box
+        if change["new"] != CUSTOM:
+            controls["text"].value = texts[change["new"]]
+
+    def edit_text(change) -> bool:  # typing over a held-out prompt makes it a custom one
         name = controls["prompt"].value
-        if change is not None and change["owner"] is controls["text"] and name != CUSTOM:
-            return  # typing only matters for the custom prompt
-        text = controls["text"].value if name == CUSTOM else texts[name]
-        try:
-            html, fig, _ = speculative_view(model, text, controls["new_tokens"].value, name)
-        except ValueError as err:
-            out_html.value = error_html(html_lib.escape(str(err)))
-            return
-        image.value = fig_to_png(fig)
-        out_html.value = f"<b>{html_lib.escape(name)}</b>, {controls['new_tokens'].value} new tokens<br>" + html
+        if name != CUSTOM and change["new"] != texts[name]:
+            controls["prompt"].value = CUSTOM
+        return True
 
-    for control in controls.values():
-        control.observe(redraw, names="value")
-    redraw()
-    box = W.VBox([W.HBox([controls["prompt"], controls["new_tokens"]]), controls["text"], out_html, image])
-    box.controls, box.image, box.html, box.redraw = controls, image, out_html, redraw
-    return announce_clamps(box, dict(new_tokens=new_tokens))
+    return explorer(controls, render, rows=[["prompt", "new_tokens"], ["text"]], layout="html_first",
+                    before={"prompt": pick_prompt, "text": edit_text}, requested=dict(new_tokens=new_tokens))
