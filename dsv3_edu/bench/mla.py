@@ -28,9 +28,8 @@ import torch
 
 from ..config import ModelConfig
 from ..costmodel import Machine, decode_step_cost
-from ..files import OutputPathError, ensure_writable
 from ..mla import MLA, absorbed_attention, causal_mask, expand_kv, expanded_attention, naive_attention
-from . import write_json
+from . import parse_args, write_json
 from .timing import median_seconds
 
 BLOCK = 128  # query rows per block in prefill
@@ -175,12 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dsv3_edu.bench mla", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the results here (e.g. data/bench_mla.json)")
     parser.add_argument("--quick", action="store_true", help="smoke run: contexts 256 and 512, small chunk")
-    args = parser.parse_args(argv)
-    if args.json:
-        try:
-            ensure_writable(args.json, what="--json results")
-        except OutputPathError as err:
-            parser.error(str(err))
+    args = parse_args(parser, argv)
     if args.quick:
         results = run([256, 512], chunk=128, repeats=3)
     else:

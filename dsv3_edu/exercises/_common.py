@@ -136,6 +136,17 @@ def as_tensor(got, shape: Sequence[int] | None = None, what: str = "the result",
     return got
 
 
+def as_scalar(got, what: str = "the result (a number)"):
+    """The learner's answer as one finite float (a number or a one-element tensor), or None after printing why not."""
+    got = as_tensor(got, what=what, numbers_ok=True)
+    if got is None:
+        return None
+    if got.numel() != 1:
+        print(f"Return one number ({what}), got a tensor of shape {tuple(got.shape)}.")
+        return None
+    return float(got)
+
+
 def close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
     """Same shape and equal within |a - b| <= atol + rtol |b|, compared in float64 (NaN is never close)."""
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape:

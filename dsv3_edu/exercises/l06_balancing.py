@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ._common import NOT_DONE as _NOT_DONE
-from ._common import as_tensor, checker, diagnose
+from ._common import as_scalar, checker, diagnose
 from ._common import call_learner as _call
 
 # ----------------------------------------------------------------------------------------------
@@ -130,13 +130,10 @@ def check_max_violation(fn) -> None:
         got = _call(fn, loads.clone(), hint="loads are integers: convert with loads.float() before taking the mean.")
         if got is _NOT_DONE:
             return
-        got = as_tensor(got, what="MaxVio (a number)", numbers_ok=True)
+        got = as_scalar(got, what="MaxVio of the layer")
         if got is None:
             return
-        if got.numel() != 1:
-            print(f"Return one number for the layer, got a tensor of shape {tuple(got.shape)}")
-            return
-        results.append(((loads,), float(got), solution_max_violation(loads)))
+        results.append(((loads,), got, solution_max_violation(loads)))
     near = lambda a, b: abs(a - b) <= 1e-6 * max(1.0, abs(b))  # noqa: E731
     if all(near(got, want) for _, got, want in results):
         print("Correct: 0 is perfect balance, 1 means the busiest expert has twice its fair share; "
@@ -252,11 +249,8 @@ def check_sequence_balance_loss(fn) -> None:
                 "(scatter_add_ or one_hot), normalize the scores over experts, average over T.")
     if got is _NOT_DONE:
         return
-    got = as_tensor(got, what="the loss (a scalar)", numbers_ok=True)
+    got = as_scalar(got, what="the loss, the mean over sequences")
     if got is None:
-        return
-    if got.numel() != 1:
-        print(f"Return one scalar (the mean over sequences), got shape {tuple(got.shape)}")
         return
     want = solution_sequence_balance_loss(scores, topk_idx, alpha)
     if abs(float(got) - float(want)) <= 1e-6 * abs(float(want)):
@@ -269,5 +263,5 @@ def check_sequence_balance_loss(fn) -> None:
         if abs(float(got) - float(wrong)) <= 1e-6 * abs(float(wrong)):
             print("Hint: " + why + ".")
             return
-    print("Hint: per sequence f_i = N_r/(K_r T) * (times i was chosen), P_i = mean_t s'_{i,t}; "
-          "L = alpha * sum_i f_i P_i, then the mean over sequences.")
+    print("Hint: not one of the usual mistakes. Per sequence f_i = N_r/(K_r T) * (times i was chosen), "
+          "P_i = mean_t s'_{i,t}; L = alpha * sum_i f_i P_i, then the mean over sequences.")
