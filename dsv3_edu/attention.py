@@ -190,6 +190,10 @@ class KVCache(LayerCache):
             )
         return self._update(layer_idx, (k_new, v_new))
 
+    def layer_seq_len(self, layer_idx: int) -> int:
+        """The old name of ``seq_len(layer_idx)``, kept only while ``dsv3_edu.experiments.attention`` calls it."""
+        return self.seq_len(layer_idx)
+
     @property
     def k(self) -> list[torch.Tensor | None]:
         """Per layer, the cached K (B, G, S, D), or None before the layer's first update."""

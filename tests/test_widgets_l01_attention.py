@@ -75,8 +75,8 @@ def test_invalid_combination_shows_a_message_not_a_traceback():
     assert "Not drawn" in box.html.value and "does not divide n_heads=32" in box.html.value
     assert "[1, 2, 4, 8, 16, 32]" in box.html.value
     assert box.image.value == image  # the last valid picture stays
-    box.controls["n_kv_heads"].value = 40
-    assert "more than n_heads" in box.html.value
+    box.controls["n_kv_heads"].value = 40  # moved back to n_heads, with a note
+    assert box.controls["n_kv_heads"].value == 32 and "n_kv_heads 40 -&gt; 32" in box.html.value
     box.controls["n_kv_heads"].value = 16
     assert "Not drawn" not in box.html.value and box.image.value != image
 

@@ -270,4 +270,11 @@ def mtp_explorer(
             f"has seen the same tokens t_0..t_{i + k} as the main model at position {i + k}"
             + html_table(CHAIN_HEADER, _chain_cells(rows)))
 
-    return explorer(controls, render, rows=[list(controls)], requested=dict(position=position, depth=depth))
+    def adjust(text: str, position: int, depth: int) -> dict[str, tuple[int, str]]:
+        last = len(encoded[text]) - depth - 2  # depth k at position i predicts t_(i+k+1)
+        if 0 <= last < position:
+            return {"position": (last, f"with depth {depth} this text's last usable position is {last}")}
+        return {}
+
+    return explorer(controls, render, rows=[list(controls)], requested=dict(position=position, depth=depth),
+                    adjust=adjust)
