@@ -95,75 +95,110 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
 
 
-class KVCache:
-    """Keys and values of the tokens seen so far, per layer: K (B, G, S, D) and V (B, G, S, Dv).
+class LayerCache:
+    """Per layer, a tuple of tensors that grow along the sequence axis ``seq_dim`` (one cache base for the course).
 
-    ``update(layer_idx, k_new, v_new)`` appends T new positions along the sequence axis (dim 2)
-    and returns the whole K and V for that layer. Production caches preallocate the full
-    context instead of concatenating (torch.cat copies everything every step).
+    ``seq_len(layer_idx=0)`` is the number of positions a layer holds, ``crop(n)`` keeps the first n positions
+    of every layer (rolls back rejected drafts), ``numel()``/``nbytes()`` count what is stored. Subclasses
+    say what one layer holds: :class:`KVCache` per-head K and V, ``dsv3_edu.mla.LatentCache`` MLA's latent.
     """
 
-    def __init__(self, n_layers: int):
+    seq_dim = 1
+
+    def __init__(self, n_layers: int) -> None:
         self.n_layers = _positive_int("n_layers", n_layers)
-        self.k: list[torch.Tensor | None] = [None] * n_layers
-        self.v: list[torch.Tensor | None] = [None] * n_layers
+        self.layers: list[tuple[torch.Tensor, ...] | None] = [None] * n_layers
 
     def _check_layer(self, layer_idx: int) -> None:
         if isinstance(layer_idx, bool) or not isinstance(layer_idx, int) or not 0 <= layer_idx < self.n_layers:
             raise ValueError(f"layer_idx={layer_idx!r}: this cache has layers 0..{self.n_layers - 1}")
 
+    def _update(self, layer_idx: int, new: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        self._check_layer(layer_idx)
+        old = self.layers[layer_idx]
+        if old is not None:
+            if old[0].shape[0] != new[0].shape[0]:
+                raise ValueError(
+                    f"the cache of layer {layer_idx} holds batch size {old[0].shape[0]} but the input has "
+                    f"{new[0].shape[0]}: use one cache per batch (start a new cache for a new batch)"
+                )
+            d = self.seq_dim
+            if any(o.shape[:d] + o.shape[d + 1:] != n.shape[:d] + n.shape[d + 1:] for o, n in zip(old, new)):
+                raise ValueError(
+                    f"layer {layer_idx} caches {[tuple(o.shape) for o in old]}; the new "
+                    f"{[tuple(n.shape) for n in new]} "
+                    f"differ outside the sequence axis (dim {d})"
+                )
+            new = tuple(torch.cat((o, n), dim=d) for o, n in zip(old, new))
+        self.layers[layer_idx] = new
+        return new
+
+    def seq_len(self, layer_idx: int = 0) -> int:
+        """Positions cached in a layer (layer 0 by default; after a full forward every layer holds as many)."""
+        self._check_layer(layer_idx)
+        entry = self.layers[layer_idx]
+        return 0 if entry is None else entry[0].shape[self.seq_dim]
+
+    def crop(self, length: int) -> None:
+        """Keep the first ``length`` positions of every layer (roll back rejected draft tokens)."""
+        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+            raise ValueError(f"crop(length={length!r}): the length to keep must be a whole number >= 0")
+        self.layers = [
+            None if e is None else tuple(t.narrow(self.seq_dim, 0, min(length, t.shape[self.seq_dim])) for t in e)
+            for e in self.layers
+        ]
+
+    def reset(self) -> None:
+        """Forget every position."""
+        self.layers = [None] * self.n_layers
+
+    def numel(self) -> int:
+        """Values stored over all layers."""
+        return sum(t.numel() for e in self.layers if e is not None for t in e)
+
+    def nbytes(self) -> int:
+        """Bytes stored over all layers (what the cache costs in memory)."""
+        return sum(t.numel() * t.element_size() for e in self.layers if e is not None for t in e)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(n_layers={self.n_layers}, seq_len={self.seq_len()}, numel={self.numel()}, "
+                f"nbytes={self.nbytes()})")
+
+
+class KVCache(LayerCache):
+    """Keys and values of the tokens seen so far, per layer and head: K (B, G, S, D) and V (B, G, S, Dv).
+
+    ``update(layer_idx, k_new, v_new)`` appends T new positions along the sequence axis (dim 2)
+    and returns the whole K and V for that layer; ``k[i]`` and ``v[i]`` are layer i's. Production caches
+    preallocate the full context instead of concatenating (torch.cat copies everything every step).
+    Lesson 01's attention (G = H, GQA or MQA heads) and MLA's expanded comparison cache
+    (``dsv3_edu.mla.ExpandedKVCache`` is this class: K is d_h + d_h^R wide, V d_h) both use it.
+    """
+
+    seq_dim = 2
+
     def update(self, layer_idx: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append k_new (B, G, T, D) and v_new (B, G, T, Dv); return K (B, G, S+T, D) and V (B, G, S+T, Dv)."""
-        self._check_layer(layer_idx)
         if k_new.dim() != 4 or v_new.dim() != 4:
             raise ValueError(
                 f"KVCache.update wants 4-d tensors (B, n_kv_heads, T, head_dim); got k {tuple(k_new.shape)}, "
-                f"v {tuple(v_new.shape)}"
+                f"v {tuple(v_new.shape)} (an MLA latent c_kv, k_r goes in a dsv3_edu.mla.LatentCache)"
             )
         if k_new.shape[:3] != v_new.shape[:3]:
             raise ValueError(
                 f"k {tuple(k_new.shape)} and v {tuple(v_new.shape)} must agree on (B, n_kv_heads, T)"
             )
-        old_k, old_v = self.k[layer_idx], self.v[layer_idx]
-        if old_k is None:
-            self.k[layer_idx], self.v[layer_idx] = k_new, v_new
-        else:
-            same_heads = old_k.shape[:2] == k_new.shape[:2]
-            if not same_heads or old_k.shape[3] != k_new.shape[3] or old_v.shape[3] != v_new.shape[3]:
-                raise ValueError(
-                    f"layer {layer_idx} caches K {tuple(old_k.shape)}, V {tuple(old_v.shape)}; the new k "
-                    f"{tuple(k_new.shape)}, v {tuple(v_new.shape)} differ outside the sequence axis (dim 2)"
-                )
-            self.k[layer_idx] = torch.cat([old_k, k_new], dim=2)  # (B, G, S+T, D)
-            self.v[layer_idx] = torch.cat([old_v, v_new], dim=2)  # (B, G, S+T, Dv)
-        return self.k[layer_idx], self.v[layer_idx]
-
-    def layer_seq_len(self, layer_idx: int) -> int:
-        self._check_layer(layer_idx)
-        k = self.k[layer_idx]
-        return 0 if k is None else k.shape[2]
+        return self._update(layer_idx, (k_new, v_new))
 
     @property
-    def seq_len(self) -> int:
-        """Positions cached (in layer 0; after a full forward every layer holds the same number)."""
-        return self.layer_seq_len(0)
+    def k(self) -> list[torch.Tensor | None]:
+        """Per layer, the cached K (B, G, S, D), or None before the layer's first update."""
+        return [None if e is None else e[0] for e in self.layers]
 
-    def numel(self) -> int:
-        """Values stored in K and V over all layers."""
-        return sum(t.numel() for t in self.k + self.v if t is not None)
-
-    def nbytes(self) -> int:
-        """Bytes stored in K and V over all layers (what the cache costs in memory)."""
-        return sum(t.numel() * t.element_size() for t in self.k + self.v if t is not None)
-
-    def reset(self) -> None:
-        self.k = [None] * self.n_layers
-        self.v = [None] * self.n_layers
-
-    def __repr__(self) -> str:
-        return (
-            f"KVCache(n_layers={self.n_layers}, seq_len={self.seq_len}, numel={self.numel()}, nbytes={self.nbytes()})"
-        )
+    @property
+    def v(self) -> list[torch.Tensor | None]:
+        """Per layer, the cached V (B, G, S, Dv), or None before the layer's first update."""
+        return [None if e is None else e[1] for e in self.layers]
 
 
 class CausalSelfAttention(nn.Module):
@@ -316,7 +351,7 @@ class ToyLM(nn.Module):
         """idx (B, T) token ids -> logits (B, T, vocab). With a cache, idx are the next T tokens after it."""
         if idx.dim() != 2:
             raise ValueError(f"idx must be (B, T) token ids; got shape {tuple(idx.shape)}")
-        start = 0 if cache is None else cache.seq_len
+        start = 0 if cache is None else cache.seq_len()
         if start + idx.shape[1] > self.max_seq_len:
             raise ValueError(
                 f"{start + idx.shape[1]} positions exceed max_seq_len={self.max_seq_len}; build ToyLM with a "
@@ -342,8 +377,8 @@ class ToyLM(nn.Module):
             raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be a non-negative integer")
         if cache is not None and not use_cache:
             raise ValueError("a cache was passed with use_cache=False; pass use_cache=True to fill it")
-        if cache is not None and cache.seq_len:
-            raise ValueError(f"generate needs an empty cache; this one already holds {cache.seq_len} positions")
+        if cache is not None and cache.seq_len():
+            raise ValueError(f"generate needs an empty cache; this one already holds {cache.seq_len()} positions")
         if not use_cache:
             for _ in range(max_new_tokens):
                 logits = self(idx)  # (B, T_so_far, vocab): every position again

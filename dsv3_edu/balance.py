@@ -8,7 +8,9 @@ A training loop needs two lines::
 
 and, for the classic baseline, ``model_aux_loss(model, alpha)`` instead of the bias update.
 MaxVio ([LF] eq 4) measures the result: ``max_violation(loads)``; ``LoadTracker`` adds up
-loads over an evaluation set, per layer and per domain.
+loads over an evaluation set, per layer and per domain; ``relative_domain_loads`` and
+``domain_specialization`` read a run's per-domain loads (lesson 06). ``ToyRouter`` is the smallest
+system that collapses without balancing (lesson 06).
 
 Shape letters: B sequences, T tokens per sequence, E routed experts (N_r), K active (K_r), L MoE layers.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -217,6 +220,39 @@ def max_violation(loads: torch.Tensor | Sequence[float]) -> torch.Tensor:
     return (loads.max(dim=-1).values - mean) / mean
 
 
+def relative_domain_loads(run: dict[str, Any], layer: int, by: str = "fair_share") -> tuple[torch.Tensor, list[str]]:
+    """(E, domains) per-domain loads of one MoE layer, relative to a reference.
+
+    ``by="fair_share"``: load / fair share (1 is balanced, 2 twice the fair share; [V3] Fig. 9). It mixes two
+    things: an expert busy on *all* text (global imbalance) is red in every domain.
+    ``by="global"``: the expert's share of the domain's tokens / its share of all tokens. 1 means the expert
+    takes the same share of this domain as of all text; above 1 it specializes in the domain. A globally
+    busy expert that treats every domain alike is 1 everywhere: specialization, with global imbalance
+    divided out.
+    """
+    if by not in ("fair_share", "global"):
+        raise ValueError(f"by must be 'fair_share' or 'global', got {by!r}")
+    domains = list(run["domain_loads"])
+    loads = torch.tensor([run["domain_loads"][d][layer] for d in domains], dtype=torch.float64).T  # (E, D)
+    if by == "fair_share":
+        return loads / loads.mean(dim=0, keepdim=True), domains
+    share = loads / loads.sum(dim=0, keepdim=True)  # (E, D): expert's share of each domain's tokens
+    overall = loads.sum(dim=1, keepdim=True) / loads.sum()  # (E, 1): expert's share of all tokens
+    return share / overall, domains
+
+
+def domain_specialization(run: dict[str, Any], layer: int) -> tuple[torch.Tensor, list[str]]:
+    """(domains,) how differently each domain is routed from all text: half the L1 distance between the
+    domain's distribution over experts and the overall one (0: routed like everything else; 1: disjoint
+    experts). It is the fraction of the domain's token-expert pairs that would have to move to other
+    experts to look like the average. Global imbalance does not count: it is in both distributions."""
+    domains = list(run["domain_loads"])
+    loads = torch.tensor([run["domain_loads"][d][layer] for d in domains], dtype=torch.float64).T  # (E, D)
+    share = loads / loads.sum(dim=0, keepdim=True)
+    overall = loads.sum(dim=1, keepdim=True) / loads.sum()
+    return 0.5 * (share - overall).abs().sum(dim=0), domains
+
+
 def last_loads(model: nn.Module) -> torch.Tensor:
     """Tokens per expert in the last forward, per MoE layer: (L, E)."""
     return torch.stack([expert_counts(r.topk_idx, moe.n_routed_experts).sum(0) for moe, r in _routings(model)])
@@ -271,3 +307,76 @@ def global_loads(model: nn.Module, batches: Iterable, max_batches: int | None = 
             model(input_ids)
             tracker.update(domains)
     return tracker
+
+
+# ---------------------------------------------------------------------------- a toy router (lesson 06)
+
+GAMMA_RANGE = (1e-4, 0.3)  # the gammas ToyRouter accepts (the paper uses 1e-3)
+
+
+class ToyRouter:
+    """E experts, top-k of sigmoid(x W^T) + b, and a gate that drifts toward the experts it already uses.
+
+    Each step draws ``tokens`` fresh tokens x = m + noise (a shared direction m of length ``shared``,
+    seeded by (seed, step)), routes them, then
+
+        W_i <- (1 - decay) W_i + lr * sum_{t routed to i} x_t / tokens      (rich get richer)
+        b_i <- b_i + gamma * sign(mean_j c_j - c_i)                          (only if balance)
+
+    ``loads``, ``biases``, ``maxvio`` hold one entry per step taken.
+    """
+
+    def __init__(self, n_experts: int = 8, top_k: int = 2, dim: int = 16, tokens: int = 1024, lr: float = 0.1,
+                 decay: float = 0.05, gamma: float = 0.01, balance: bool = True, shared: float = 1.0,
+                 init_std: float = 0.3, seed: int = 0):
+        if not (isinstance(n_experts, int) and isinstance(top_k, int) and 1 <= top_k < n_experts):
+            raise ValueError(f"top_k={top_k!r}, n_experts={n_experts!r}: need 1 <= top_k < n_experts")
+        self.n_experts, self.top_k, self.dim, self.tokens = n_experts, top_k, dim, tokens
+        self.lr, self.decay, self.balance, self.seed = lr, decay, balance, seed
+        self.gamma = gamma
+        self.shared = torch.zeros(dim)
+        self.shared[0] = shared  # m: the direction every token shares
+        g = torch.Generator().manual_seed(seed)
+        self.weight = torch.randn(n_experts, dim, generator=g) * init_std  # (E, d) gate rows e_i
+        self.bias = torch.zeros(n_experts)  # (E,) b
+        self.steps = 0
+        self.loads: list[torch.Tensor] = []
+        self.biases: list[torch.Tensor] = []
+        self.maxvio: list[float] = []
+
+    @property
+    def gamma(self) -> float:
+        return self._gamma
+
+    @gamma.setter
+    def gamma(self, value: float) -> None:
+        lo, hi = GAMMA_RANGE
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not lo <= value <= hi:
+            raise ValueError(f"gamma={value!r} is out of range: use a number from {lo:g} to {hi:g} "
+                             "(the paper uses 0.001)")
+        self._gamma = float(value)
+
+    def tokens_at(self, step: int) -> torch.Tensor:
+        """The tokens of step ``step``: (N, d), a function of (seed, step) only."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + step + 1)
+        return self.shared + torch.randn(self.tokens, self.dim, generator=g)
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(topk_idx (N, K), scores s (N, E)): choose by s + b, as [V3] eq 16."""
+        scores = torch.sigmoid(x @ self.weight.T)  # (N, E)
+        return (scores + self.bias).topk(self.top_k, dim=-1).indices, scores
+
+    def step(self, n: int = 1) -> None:
+        for _ in range(n):
+            x = self.tokens_at(self.steps)  # (N, d)
+            idx, _ = self.route(x)
+            chosen = torch.zeros(self.tokens, self.n_experts).scatter_(1, idx, 1.0)  # (N, E)
+            c = chosen.sum(0)  # (E,) tokens per expert
+            self.weight = (1 - self.decay) * self.weight + self.lr * chosen.T @ x / self.tokens
+            if self.balance:
+                self.bias = self.bias + self.gamma * torch.sign(c.mean() - c)
+            self.steps += 1
+            self.loads.append(c)
+            self.biases.append(self.bias.clone())
+            self.maxvio.append(float((c.max() - c.mean()) / c.mean()))

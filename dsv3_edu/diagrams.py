@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Patch
 
 from .config import ModelConfig
+from .moe import select_groups
 
 CACHED = "#f6b26b"  # orange: what the KV cache stores
 TENSOR = "#dbe8f6"  # light blue: a tensor computed on the fly
@@ -179,24 +180,19 @@ def draw_absorption(config: ModelConfig) -> Figure:
 
 def group_limited_choice(config: ModelConfig, scores: torch.Tensor, bias: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One token's routing decision ([V3] eq 16 with group limits), as ``moe.Gate`` makes it.
+    """One token's routing decision ([V3] eq 16 with group limits), as ``moe.Gate`` makes it, through
+    :func:`dsv3_edu.moe.select_groups` (the package's one implementation of group-limited selection).
 
     ``scores`` (E,) unbiased sigmoid affinities, ``bias`` (E,). Returns (group_scores (G,), kept groups
-    (M,) long, chosen experts (K,) long). Group score = sum of the top-2 of s + b in the group.
+    (M,) long, ascending, chosen experts (K,) long). Group score = sum of the top-2 of s + b in the group.
     """
-    E, G = config.n_routed_experts, config.n_group
+    E = config.n_routed_experts
     if scores.shape != (E,) or bias.shape != (E,):
         raise ValueError(f"scores and bias must both have shape ({E},), one value per routed expert; "
                          f"got {tuple(scores.shape)} and {tuple(bias.shape)}")
-    biased = (scores + bias).float()
-    grouped = biased.view(G, E // G)
-    group_scores = grouped.topk(min(2, E // G), dim=-1).values.sum(-1)  # (G,)
-    kept = group_scores.topk(config.topk_group).indices  # (M,)
-    mask = torch.zeros(G, dtype=torch.bool)
-    mask[kept] = True
-    masked = biased.masked_fill(~mask.repeat_interleave(E // G), float("-inf"))
-    chosen = masked.topk(config.num_experts_per_tok).indices
-    return group_scores, kept, chosen
+    sel = select_groups((scores + bias).float()[None], config.n_group, config.topk_group)
+    chosen = sel.scores[0].topk(config.num_experts_per_tok).indices
+    return sel.group_scores[0], sel.kept[0].nonzero().flatten(), chosen
 
 
 def draw_group_routing(config: ModelConfig, scores: torch.Tensor | None = None, bias: torch.Tensor | None = None,

@@ -8,8 +8,13 @@ per-sequence numbers by domain; each evaluator says what to add up:
 - :func:`evaluate_mtp`: the main model and every MTP depth, token-weighted (lesson 07's experiment);
 - :func:`teacher_forced_agreement`: how often depth 1's draft equals the main model's next prediction
   (lesson 08: the acceptance rate drafts would have on this text);
+- :func:`acceptance_runs` and :func:`pool`: speculative decoding from held-out prompts, its acceptance rate
+  and tokens per forward (lesson 08);
+- :func:`score_sums`: the sums ``a+b=c`` of a generated text, checked (lesson 09);
 - :func:`greedy_answers_right`: would greedy decoding write each answer in a text (lesson 09), from one
-  teacher-forced forward per text.
+  teacher-forced forward per text (``ANSWER_PATTERNS``: the held-out questions with one right answer);
+- :func:`evaluate_same_targets`: each MTP depth against the main model on the same target tokens (lessons
+  07 and 09).
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from .balance import LoadTracker, moe_layers
-from .data import DOMAINS, BlockDataset, ByteTokenizer
+from .data import DOMAINS, BlockDataset, ByteTokenizer, documents, load_corpus
+from .generate import generate, speculative_generate
 from .layers import eval_mode
 from .model import DeepSeekV3
 
+SUM_PATTERN = re.compile(r"(?m)^(\d+)\+(\d+)=(\d+)$")  # a whole line "a+b=c"
 PerSequence = Callable[[Any, torch.Tensor], dict[str, Any]]
 
 
@@ -157,6 +164,55 @@ def evaluate_mtp(
 
 
 @torch.no_grad()
+def evaluate_same_targets(
+    model: DeepSeekV3, dataset: BlockDataset, batch_size: int = 16, blocks_per_domain: int | None = 16,
+) -> list[dict[str, Any]]:
+    """Each MTP depth against the main model on the same target tokens (eval mode, pooled over tokens).
+
+    In a block t_0..t_{T-1}, depth k at position i predicts t_{i+k+1} from t_0..t_{i+k}, the same tokens
+    the main model has at position i+k when it predicts the same t_{i+k+1}. So for every target t_j,
+    j = k+1..T-1, this compares depth k at position j-k-1 with the main model at position j-1. The
+    per-depth averages of ``evaluate`` cover different targets: the main model's include t_1..t_k, the
+    earliest and hardest (least context), which depth k never predicts.
+
+    Returns one dict per depth k (in order): ``k``, ``targets`` (how many tokens were scored),
+    ``main_loss``/``main_acc`` and ``mtp_loss``/``mtp_acc`` on those targets, and ``main_loss_all``/
+    ``main_acc_all``, the main model on every target t_1..t_{T-1} of the same blocks.
+    """
+    if not model.mtp:
+        raise ValueError("evaluate_same_targets needs a model with MTP modules (num_nextn_predict_layers >= 1)")
+    device = next(model.parameters()).device
+    D = len(model.mtp)
+    sums = {key: torch.zeros(D, dtype=torch.float64) for key in ("n", "main_loss", "main_acc", "mtp_loss", "mtp_acc")}
+    all_sums = torch.zeros(3, dtype=torch.float64)  # n, loss, correct of the main model on every target
+    ce = F.cross_entropy
+    with eval_mode(model):
+        for batch in dataset.eval_batches(batch_size, blocks_per_domain):
+            ids = batch.input_ids.to(device)  # (B, T)
+            out = model(ids)
+            main_logits = out.logits[:, :-1].float()  # (B, T-1, V): position j-1 predicts t_j
+            main_nll = ce(main_logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
+            main_right = (main_logits.argmax(-1) == ids[:, 1:]).double()  # (B, T-1)
+            all_sums += torch.tensor([main_nll.numel(), main_nll.sum().item(), main_right.sum().item()],
+                                     dtype=torch.float64)
+            for k, logits in enumerate(out.mtp_logits, 1):
+                logits = logits[:, :-1].float()  # (B, T-k-1, V): position j-k-1 predicts t_j, j = k+1..T-1
+                target = ids[:, k + 1:]
+                nll = ce(logits.transpose(1, 2), target, reduction="none")
+                sums["n"][k - 1] += target.numel()
+                sums["mtp_loss"][k - 1] += nll.sum().item()
+                sums["mtp_acc"][k - 1] += (logits.argmax(-1) == target).sum().item()
+                sums["main_loss"][k - 1] += main_nll[:, k:].sum().item()  # main positions k..T-2: targets j >= k+1
+                sums["main_acc"][k - 1] += main_right[:, k:].sum().item()
+    n_all = float(all_sums[0])
+    return [{"k": k, "targets": int(sums["n"][k - 1]),
+             **{key: float(sums[key][k - 1] / sums["n"][k - 1]) for key in ("main_loss", "main_acc", "mtp_loss",
+                                                                            "mtp_acc")},
+             "main_loss_all": float(all_sums[1]) / n_all, "main_acc_all": float(all_sums[2]) / n_all}
+            for k in range(1, D + 1)]
+
+
+@torch.no_grad()
 def teacher_forced_agreement(model: DeepSeekV3, blocks_per_domain: int = 8, block_size: int = 128) -> dict[str, float]:
     """domain -> on held-out text, how often depth 1's argmax at position i (fed h^0_i and the TRUE t_{i+1})
     equals the main model's argmax at position i + 1. Both predict t_{i+2} from t_0..t_{i+1}: the acceptance
@@ -202,3 +258,52 @@ def greedy_answers_right(model: DeepSeekV3, texts: list[str], pattern: re.Patter
                         continue  # no newline after the answer in this text
                     right.append(bool((top[row, a - 1: b - 1] == ids[row, a:b]).all()))
     return right
+
+
+def acceptance_runs(model: DeepSeekV3, per_domain: int = 2, new_tokens: int = 64, prompt_bytes: int = 32,
+                    check_greedy: bool = True) -> list[dict]:
+    """Speculative decoding from the starts of the first ``per_domain`` held-out documents of every domain.
+
+    One dict per prompt: domain, drafts proposed and accepted, main forwards, new tokens, acceptance rate,
+    tokens per forward, and (``check_greedy``) whether the output equals ``generate``'s token for token.
+    """
+    tok, corpus = ByteTokenizer(), load_corpus("validation")
+    rows = []
+    for domain in DOMAINS:
+        for doc in documents(corpus[domain])[:per_domain]:
+            ids = torch.tensor([tok.encode(doc, add_bos=True)[: 1 + prompt_bytes]])
+            spec, stats = speculative_generate(model, ids, new_tokens)
+            row = {"domain": domain, "drafts_proposed": stats.drafts_proposed,
+                   "drafts_accepted": stats.drafts_accepted, "main_forwards": stats.main_forwards,
+                   "new_tokens": stats.new_tokens, "acceptance_rate": stats.acceptance_rate,
+                   "tokens_per_forward": stats.tokens_per_forward}
+            if check_greedy:
+                row["identical"] = bool(torch.equal(spec, generate(model, ids, new_tokens)))
+            rows.append(row)
+    return rows
+
+
+def pool(rows: list[dict]) -> dict:
+    """Pooled acceptance (accepted / proposed over all rows) and tokens per forward (tokens / forwards)."""
+    proposed = sum(r["drafts_proposed"] for r in rows)
+    return {"drafts_proposed": proposed, "drafts_accepted": sum(r["drafts_accepted"] for r in rows),
+            "acceptance_rate": sum(r["drafts_accepted"] for r in rows) / proposed if proposed else 0.0,
+            "tokens_per_forward": sum(r["new_tokens"] for r in rows) / sum(r["main_forwards"] for r in rows)}
+
+
+def score_sums(text: str) -> tuple[int, int]:
+    """(right, total) over the complete lines ``a+b=c`` of ``text``: is c really a + b?
+
+    Only whole lines count (a line cut off by ``max_new_tokens`` is not a claim yet).
+    """
+    found = SUM_PATTERN.findall(text if text.endswith("\n") else text[: text.rfind("\n") + 1])
+    return sum(int(a) + int(b) == int(c) for a, b, c in found), len(found)
+
+
+# Questions with one right answer in the corpus's held-out text: the named group "ans" is the answer.
+ANSWER_PATTERNS = {
+    "sums a+b": re.compile(r"(?m)^\d+\+\d+=(?P<ans>\d+)$"),
+    "differences a-b": re.compile(r"(?m)^\d+-\d+=(?P<ans>\d+)$"),
+    "times tables a*b": re.compile(r"(?m)^\d+\*\d+=(?P<ans>\d+)$"),
+    "csv total = price x qty": re.compile(r"(?m)^[a-z]+,\d+,\d+,(?P<ans>\d+)$"),
+}

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .attention import causal_mask
+from .attention import KVCache, LayerCache, causal_mask
 from .config import ModelConfig
 from .layers import RMSNorm
 from .rope import RotaryEmbedding, apply_rope, softmax_scale
@@ -40,57 +40,7 @@ ATTN_IMPLS = ("naive", "absorbed")
 
 
 # ----------------------------------------------------------------------------- caches
-class _LayerCache:
-    """Per layer, a tuple of tensors that grow along the sequence axis ``seq_dim``."""
-
-    seq_dim = 1
-
-    def __init__(self, num_layers: int) -> None:
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers <= 0:
-            raise ValueError(f"num_layers={num_layers!r}: a cache needs a positive number of layers")
-        self.layers: list[tuple[torch.Tensor, ...] | None] = [None] * num_layers
-
-    def _update(self, layer_idx: int, new: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        if not 0 <= layer_idx < len(self.layers):
-            raise ValueError(f"layer_idx={layer_idx} but this cache has {len(self.layers)} layers")
-        old = self.layers[layer_idx]
-        if old is not None:
-            if old[0].shape[0] != new[0].shape[0]:
-                raise ValueError(
-                    f"the cache of layer {layer_idx} holds batch size {old[0].shape[0]} but the input has "
-                    f"{new[0].shape[0]}: use one cache per batch (start a new cache for a new batch)"
-                )
-            new = tuple(torch.cat((o, n), dim=self.seq_dim) for o, n in zip(old, new))
-        self.layers[layer_idx] = new
-        return new
-
-    def seq_len(self, layer_idx: int = 0) -> int:
-        """Tokens cached in a layer."""
-        entry = self.layers[layer_idx]
-        return 0 if entry is None else entry[0].shape[self.seq_dim]
-
-    def crop(self, length: int) -> None:
-        """Keep the first ``length`` tokens of every layer (roll back rejected draft tokens)."""
-        if length < 0:
-            raise ValueError(f"crop(length={length}): the length to keep must be >= 0")
-        self.layers = [
-            None if e is None else tuple(t.narrow(self.seq_dim, 0, min(length, t.shape[self.seq_dim])) for t in e)
-            for e in self.layers
-        ]
-
-    def numel(self) -> int:
-        """Values stored over all layers."""
-        return sum(t.numel() for e in self.layers if e is not None for t in e)
-
-    def nbytes(self) -> int:
-        """Bytes stored over all layers."""
-        return sum(t.numel() * t.element_size() for e in self.layers if e is not None for t in e)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(layers={len(self.layers)}, tokens={self.seq_len()}, values={self.numel():,})"
-
-
-class LatentCache(_LayerCache):
+class LatentCache(LayerCache):
     """MLA's cache: per layer and token exactly [c^KV; k^R], d_c + d_h^R values (trap 8).
 
     c_kv (B, S, C) is the normalized latent, k_r (B, S, R) the rotated rope key.
@@ -101,38 +51,24 @@ class LatentCache(_LayerCache):
         if c_kv.dim() != 3 or k_r.dim() != 3 or c_kv.shape[:2] != k_r.shape[:2]:
             raise ValueError(
                 f"LatentCache stores c_kv (B, T, d_c) and k_r (B, T, d_R) with the same B and T, got "
-                f"{tuple(c_kv.shape)} and {tuple(k_r.shape)}; per-head K and V go in an ExpandedKVCache"
+                f"{tuple(c_kv.shape)} and {tuple(k_r.shape)}; per-head K and V go in an ExpandedKVCache (a KVCache)"
             )
         return self._update(layer_idx, (c_kv, k_r))
 
 
-class ExpandedKVCache(_LayerCache):
-    """Per-head K (B, H, S, D+R) and V (B, H, S, V), as ordinary multi-head attention caches them.
-
-    For comparison only: n_h (d_h + d_h^R + d_h) values per token and layer, 71x MLA's.
-    """
-
-    seq_dim = 2
-
-    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append the new tokens' k (B, H, T, D+R) and v (B, H, T, V); return all of them."""
-        if k.dim() != 4 or v.dim() != 4 or k.shape[:3] != v.shape[:3]:
-            raise ValueError(
-                f"ExpandedKVCache stores k (B, H, T, D+R) and v (B, H, T, V), got {tuple(k.shape)} and "
-                f"{tuple(v.shape)}; the latent c_kv and k_r go in a LatentCache"
-            )
-        return self._update(layer_idx, (k, v))
+# Per-head K (B, H, S, D+R) and V (B, H, S, V), as ordinary multi-head attention caches them: lesson 01's
+# KVCache, one class. For comparison only: n_h (d_h + d_h^R + d_h) values per token and layer, 71x MLA's.
+ExpandedKVCache = KVCache
 
 
 # ------------------------------------------------------- the cache-dependent cores
-def _softmax(scores: torch.Tensor, scale: float, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """softmax(scores * scale) over keys, in fp32, masked keys -inf.
+def _softmax(scores: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """softmax over keys of already scaled ``scores``, in fp32, masked keys -inf; ``scores`` is left as it is.
 
-    In place: every caller passes a fresh product (q k^T), so nothing the caller keeps changes, and one decode
-    step creates no extra (B, H, T, S) tensor (lesson 04 counts the tensors a step creates)."""
-    scores = scores.mul_(scale)
+    The callers scale their own fresh product in place (``(q k^T).mul_(scale)``), so one decode step creates
+    no extra (B, H, T, S) tensor for the scale (lesson 04 counts the tensors a step creates)."""
     if mask is not None:
-        scores = scores.masked_fill_(mask, float("-inf"))
+        scores = scores.masked_fill(mask, float("-inf"))
     return scores.softmax(dim=-1, dtype=torch.float32).to(dtype)
 
 
@@ -155,7 +91,7 @@ def expanded_attention(
         scores = (k @ q.transpose(-1, -2)).transpose(-1, -2)  # (B, H, 1, S)
     else:
         scores = q @ k.transpose(-1, -2)  # (B, H, T, S)
-    p = _softmax(scores, scale, mask, q.dtype)
+    p = _softmax(scores.mul_(scale), mask, q.dtype)  # scaled in place: scores is this function's own tensor
     return p @ v, p  # (B, H, T, V), (B, H, T, S)
 
 
@@ -174,7 +110,7 @@ def absorbed_attention(q_nope, q_r, c_kv, k_r, w_uk, w_uv, scale, mask=None) -> 
     """
     q_lat = torch.einsum("bhtd,hdc->bhtc", q_nope, w_uk)  # (B, H, T, C)  q~ = W^UK^T q^C
     scores = torch.einsum("bhtc,bsc->bhts", q_lat, c_kv) + torch.einsum("bhtr,bsr->bhts", q_r, k_r)  # (B, H, T, S)
-    p = _softmax(scores, scale, mask, q_nope.dtype)
+    p = _softmax(scores.mul_(scale), mask, q_nope.dtype)  # scaled in place: scores is this function's own
     o_lat = torch.einsum("bhts,bsc->bhtc", p, c_kv)  # (B, H, T, C)  attention-weighted latent
     return torch.einsum("bhtc,hvc->bhtv", o_lat, w_uv), p  # (B, H, T, V)  o = W^UV o_lat
 
@@ -280,6 +216,6 @@ class MLA(nn.Module):
             raise ValueError(
                 "attn_impl='absorbed' needs the latent c_kv, which an ExpandedKVCache does not keep: use a LatentCache"
             )
-        if cache is not None and not 0 <= self.layer_idx < len(cache.layers):
-            raise ValueError(f"this is layer {self.layer_idx} but the cache has {len(cache.layers)} layers")
+        if cache is not None and not 0 <= self.layer_idx < cache.n_layers:
+            raise ValueError(f"this is layer {self.layer_idx} but the cache has {cache.n_layers} layers")
         return impl

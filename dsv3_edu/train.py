@@ -276,59 +276,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-@torch.no_grad()
-def evaluate_same_targets(
-    model: DeepSeekV3, dataset: BlockDataset, batch_size: int = 16, blocks_per_domain: int | None = 16,
-) -> list[dict[str, Any]]:
-    """Each MTP depth against the main model on the same target tokens (eval mode, pooled over tokens).
-
-    In a block t_0..t_{T-1}, depth k at position i predicts t_{i+k+1} from t_0..t_{i+k}, the same tokens
-    the main model has at position i+k when it predicts the same t_{i+k+1}. So for every target t_j,
-    j = k+1..T-1, this compares depth k at position j-k-1 with the main model at position j-1. The
-    per-depth averages of ``evaluate`` cover different targets: the main model's include t_1..t_k, the
-    earliest and hardest (least context), which depth k never predicts.
-
-    Returns one dict per depth k (in order): ``k``, ``targets`` (how many tokens were scored),
-    ``main_loss``/``main_acc`` and ``mtp_loss``/``mtp_acc`` on those targets, and ``main_loss_all``/
-    ``main_acc_all``, the main model on every target t_1..t_{T-1} of the same blocks.
-    """
-    if not model.mtp:
-        raise ValueError("evaluate_same_targets needs a model with MTP modules (num_nextn_predict_layers >= 1)")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    D = len(model.mtp)
-    sums = {key: torch.zeros(D, dtype=torch.float64) for key in ("n", "main_loss", "main_acc", "mtp_loss", "mtp_acc")}
-    all_sums = torch.zeros(3, dtype=torch.float64)  # n, loss, correct of the main model on every target
-    ce = torch.nn.functional.cross_entropy
-    try:
-        for batch in dataset.eval_batches(batch_size, blocks_per_domain):
-            ids = batch.input_ids.to(device)  # (B, T)
-            out = model(ids)
-            main_logits = out.logits[:, :-1].float()  # (B, T-1, V): position j-1 predicts t_j
-            main_nll = ce(main_logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
-            main_right = (main_logits.argmax(-1) == ids[:, 1:]).double()  # (B, T-1)
-            all_sums += torch.tensor([main_nll.numel(), main_nll.sum().item(), main_right.sum().item()],
-                                     dtype=torch.float64)
-            for k, logits in enumerate(out.mtp_logits, 1):
-                logits = logits[:, :-1].float()  # (B, T-k-1, V): position j-k-1 predicts t_j, j = k+1..T-1
-                target = ids[:, k + 1:]
-                nll = ce(logits.transpose(1, 2), target, reduction="none")
-                sums["n"][k - 1] += target.numel()
-                sums["mtp_loss"][k - 1] += nll.sum().item()
-                sums["mtp_acc"][k - 1] += (logits.argmax(-1) == target).sum().item()
-                sums["main_loss"][k - 1] += main_nll[:, k:].sum().item()  # main positions k..T-2: targets j >= k+1
-                sums["main_acc"][k - 1] += main_right[:, k:].sum().item()
-    finally:
-        model.train(was_training)
-    n_all = float(all_sums[0])
-    return [{"k": k, "targets": int(sums["n"][k - 1]),
-             **{key: float(sums[key][k - 1] / sums["n"][k - 1]) for key in ("main_loss", "main_acc", "mtp_loss",
-                                                                            "mtp_acc")},
-             "main_loss_all": float(all_sums[1]) / n_all, "main_acc_all": float(all_sums[2]) / n_all}
-            for k in range(1, D + 1)]
-
-
 # -------------------------------------------------------------------------------- checkpoints
 
 

@@ -6,6 +6,7 @@ lesson cell and a widget callback draw the same picture.
 
 from __future__ import annotations
 
+import html
 import numbers
 from collections.abc import Mapping, Sequence
 from io import BytesIO
@@ -157,11 +158,17 @@ def stacked_bars(
     return ax
 
 
+def escape(value: object) -> str:
+    """``str(value)`` made safe to show inside HTML: a token ``<bos>`` shows as <bos>, not as an unknown tag that
+    the browser hides. Every widget label, title and table cell that holds text goes through this one function."""
+    return html.escape(str(value), quote=False)  # text between tags: quotes need no escaping
+
+
 def html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A small HTML table (for ipywidgets.HTML); cells are printed with str()."""
-    head = "".join(f"<th style='padding:2px 8px'>{h}</th>" for h in header)
+    """A small HTML table (for ipywidgets.HTML); cells are printed with str() and escaped (:func:`escape`)."""
+    head = "".join(f"<th style='padding:2px 8px'>{escape(h)}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f"<td style='padding:2px 8px;text-align:right'>{c}</td>" for c in row) + "</tr>"
+        "<tr>" + "".join(f"<td style='padding:2px 8px;text-align:right'>{escape(c)}</td>" for c in row) + "</tr>"
         for row in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -186,12 +193,12 @@ def whole_number(name: str, value, lo: int, hi: int) -> int:
 
 def error_html(message: str) -> str:
     """A message a widget shows instead of a traceback."""
-    return f"<p style='color:#b00020'><b>Not drawn:</b> {message}</p>"
+    return f"<p style='color:#b00020'><b>Not drawn:</b> {escape(message)}</p>"
 
 
 def note_html(message: str) -> str:
     """A note a widget shows above its output (a value it had to change, say)."""
-    return f"<p style='color:#8a5a00'><b>Note:</b> {message}</p>"
+    return f"<p style='color:#8a5a00'><b>Note:</b> {escape(message)}</p>"
 
 
 def _tokens(n: int) -> str:

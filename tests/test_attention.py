@@ -88,7 +88,7 @@ def test_attention_with_cache_equals_full_forward(n_heads, n_kv):
     steps = [attn(x[:, :4], cache)] + [attn(x[:, t : t + 1], cache) for t in range(4, 9)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full)
     assert cache.k[0].shape == (2, n_kv, 9, 12) and cache.v[0].shape == (2, n_kv, 9, 6)
-    assert cache.seq_len == 9
+    assert cache.seq_len() == 9
     assert cache.numel() == 2 * n_kv * 9 * (12 + 6)
     assert cache.nbytes() == kv_cache_bytes(1, n_kv, 12, 6, torch.float32, tokens=9, batch=2)
 
@@ -122,7 +122,7 @@ def test_kv_cache_errors_and_bookkeeping():
     with pytest.raises(ValueError, match="n_layers"):
         KVCache(0)
     cache = KVCache(2)
-    assert cache.seq_len == 0 and cache.nbytes() == 0 and cache.numel() == 0
+    assert cache.seq_len() == 0 and cache.nbytes() == 0 and cache.numel() == 0
     k, v = torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 5)
     for bad in (2, -1, True, 0.0):
         with pytest.raises(ValueError, match="layers 0..1"):
@@ -139,10 +139,10 @@ def test_kv_cache_errors_and_bookkeeping():
     k_all, v_all = cache.update(0, torch.ones(1, 2, 1, 4), torch.ones(1, 2, 1, 5))
     assert k_all.shape == (1, 2, 4, 4) and v_all.shape == (1, 2, 4, 5)
     assert k_all[:, :, -1].eq(1).all() and k_all[:, :, :3].eq(0).all()  # new positions go last
-    assert cache.layer_seq_len(1) == 0 and cache.seq_len == 4
+    assert cache.seq_len(1) == 0 and cache.seq_len() == 4
     assert cache.nbytes() == 4 * 2 * 4 * (4 + 5) and "seq_len=4" in repr(cache)
     cache.reset()
-    assert cache.seq_len == 0 and cache.nbytes() == 0
+    assert cache.seq_len() == 0 and cache.nbytes() == 0
 
 
 @pytest.mark.parametrize("n_kv", [4, 2, 1])
@@ -156,7 +156,7 @@ def test_generate_with_and_without_cache_gives_identical_tokens(n_kv, seed):
     assert torch.equal(slow, fast) and fast.shape == (2, 35)
     assert torch.equal(fast[:, :5], prompt)
     # the last new token was never fed back, so the cache holds prompt + 29 positions
-    assert cache.seq_len == 34
+    assert cache.seq_len() == 34
     head_dim = 64 // 4
     assert cache.nbytes() == kv_cache_bytes(2, n_kv, head_dim, head_dim, torch.float32, tokens=34, batch=2)
 
@@ -176,7 +176,7 @@ def test_toy_from_config_cache_matches_kv_cache_bytes_per_token():
         cache = model.new_cache()
         model.generate(torch.zeros(1, 3, dtype=torch.long), 8, cache=cache)
         groups = n_kv if kind == "gqa" else None
-        assert cache.nbytes() == cache.seq_len * kv_cache_bytes_per_token(config, kind, torch.float32, groups)
+        assert cache.nbytes() == cache.seq_len() * kv_cache_bytes_per_token(config, kind, torch.float32, groups)
     model = ToyLM.from_config(config, n_kv_heads=1).to(torch.bfloat16)
     cache = model.new_cache()
     model(torch.zeros(1, 7, dtype=torch.long), cache)

@@ -9,8 +9,7 @@ import torch
 
 from dsv3_edu import DeepSeekV3, ModelConfig, eval_mode, generate, load_pretrained
 from dsv3_edu.data import BlockDataset, ByteTokenizer, documents, load_corpus
-from dsv3_edu.evaluation import evaluate, evaluate_mtp, greedy_answers_right, teacher_forced_agreement
-from dsv3_edu.widgets.l09_end_to_end import ANSWER_PATTERNS
+from dsv3_edu.evaluation import ANSWER_PATTERNS, evaluate, evaluate_mtp, greedy_answers_right, teacher_forced_agreement
 
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "tiny-dsv3"
 

@@ -98,7 +98,7 @@ def _summed(s, t, a):
 
 @pytest.mark.parametrize("fn,message", [
     (_pooled, "pooled the whole batch"), (_raw_scores, "normalized scores"), (_no_n_r, "factor N_r"),
-    (_summed, "summed over the sequences"), (lambda s, t, a: torch.zeros(2), "one scalar"),
+    (_summed, "summed over the sequences"), (lambda s, t, a: torch.zeros(2), "Return one number"),
 ])
 def test_sequence_loss_mistakes(fn, message, capsys):
     assert message in run(capsys, ex.check_sequence_balance_loss, fn)

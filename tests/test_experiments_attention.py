@@ -9,6 +9,7 @@ import torch
 from dsv3_edu.attention import repeat_kv, scaled_dot_product_attention
 from dsv3_edu.experiments import attention as exp
 from dsv3_edu.mla import MLA
+from dsv3_edu.moe import SwiGLUMLP
 from dsv3_edu.rope import apply_rope
 
 QUICK = exp.settings(quick=True)
@@ -32,7 +33,7 @@ def test_arms_are_the_advertised_attention_modules():
     assert n_kv == {"mha": 4, "gqa": 2, "mqa": 1}
     for arm in exp.ARMS:  # everything else is the course's DeepSeekV3 with a dense FFN and no MTP
         net = exp.build_model(arm, exp.MODEL, 0)
-        assert not net.mtp and all(type(layer.mlp).__name__ == "SwiGLUMLP" for layer in net.model.layers)
+        assert not net.mtp and all(type(layer.mlp) is SwiGLUMLP for layer in net.model.layers)  # dense FFNs only
 
 
 @pytest.mark.parametrize("arm", list(exp.ARMS))

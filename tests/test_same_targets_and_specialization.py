@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
+from dsv3_edu.balance import domain_specialization, relative_domain_loads
 from dsv3_edu.config import ModelConfig
 from dsv3_edu.data import BlockDataset
+from dsv3_edu.evaluation import evaluate_same_targets
 from dsv3_edu.model import DeepSeekV3
-from dsv3_edu.train import evaluate_same_targets
-from dsv3_edu.widgets.l06_balancing import domain_specialization, relative_domain_loads
 
 torch.set_num_threads(1)
 

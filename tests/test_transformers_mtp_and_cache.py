@@ -11,7 +11,7 @@ from transformers import DeepseekV3Config, DeepseekV3ForCausalLM, DynamicCache, 
 from transformers.generation.candidate_generator import MTPCandidateGenerator  # noqa: E402
 from transformers.modeling_layers import MtpLayer, MtpModel  # noqa: E402
 
-from dsv3_edu.widgets.l10_scale import deployment  # noqa: E402
+from dsv3_edu.accounting import deployment  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 

@@ -47,3 +47,15 @@ def test_invalid_config_gives_a_message():
     assert box.image.value == image
     with pytest.raises(ValueError, match="preset"):
         parameter_explorer("gpt2")
+
+
+def test_experts_per_token_stay_within_the_kept_groups():
+    from dsv3_edu.widgets.l00_welcome import parameter_explorer
+
+    box = parameter_explorer("deepseek_v3")  # 256 experts in 8 groups, keep 4, top-8
+    box.controls["n_routed_experts"].value = 16  # 2 per group: 4 kept groups hold 8 experts, top-8 fits
+    assert box.controls["num_experts_per_tok"].value == 8 and "Note:" not in box.html.value
+    box.controls["num_experts_per_tok"].value = 12
+    assert box.controls["num_experts_per_tok"].value == 8 and "num_experts_per_tok 12 -&gt; 8" in box.html.value
+    box.controls["preset"].value = "tiny"  # the preset's own values, drawn
+    assert box.controls["n_routed_experts"].value == 8 and "Not drawn" not in box.html.value

@@ -75,7 +75,16 @@ def test_invalid_combination_shows_a_message_not_a_traceback():
     assert "Not drawn" in box.html.value and "does not divide n_heads=32" in box.html.value
     assert "[1, 2, 4, 8, 16, 32]" in box.html.value
     assert box.image.value == image  # the last valid picture stays
-    box.controls["n_kv_heads"].value = 40
-    assert "more than n_heads" in box.html.value
+    box.controls["n_kv_heads"].value = 40  # moved back to n_heads, with a note
+    assert box.controls["n_kv_heads"].value == 32 and "n_kv_heads 40 -&gt; 32" in box.html.value
     box.controls["n_kv_heads"].value = 16
     assert "Not drawn" not in box.html.value and box.image.value != image
+
+
+def test_kv_heads_follow_query_heads_down():
+    from dsv3_edu.widgets.l01_attention import kv_cache_explorer
+
+    box = kv_cache_explorer(n_heads=32, n_kv_heads=8)
+    box.controls["n_heads"].value = 4
+    assert box.controls["n_kv_heads"].value == 4 and "n_kv_heads 8 -&gt; 4" in box.html.value
+    assert "Not drawn" not in box.html.value

@@ -56,7 +56,14 @@ def test_row_table_and_plots(maps):
     assert "attention weight" in colorbar.get_ylabel()
     matplotlib.pyplot.close(fig)
     fig = plot_attention_grid(attn)
-    assert len(fig.axes) == 12
+    assert len(fig.axes) == 13  # 12 maps and one shared colorbar
+    assert "attention weight" in fig.axes[-1].get_ylabel()
+    matplotlib.pyplot.close(fig)
+    fig = plot_attention_grid(attn, tokens=tokens)  # token ticks on the outer axes
+    last_row_first = fig.axes[-1 - 4]  # maps are laid out row by row; the bottom-left one has both labels
+    assert [t.get_text() for t in last_row_first.get_xticklabels()] == visible
+    assert [t.get_text() for t in last_row_first.get_yticklabels()] == visible
+    assert last_row_first.get_xlabel() == "key token"
     matplotlib.pyplot.close(fig)
 
 
@@ -143,3 +150,11 @@ def test_cache_explorer_every_control_redraws():
         assert box.html.value != before_html, name
     assert "131,072" in box.html.value and "batch 8" in box.html.value and "fp8" in box.html.value
     assert "Not drawn" not in box.html.value
+
+
+def test_attention_explorer_escapes_tokens(maps):
+    _, _, attn, tokens = maps
+    box = attention_explorer(attn, tokens, query=0)
+    assert "'&lt;bos&gt;'" in box.html.value and "<bos>" not in box.html.value  # shown, not a tag
+    box.controls["query"].value = 3
+    assert "query 3" in box.html.value

@@ -116,8 +116,24 @@ def test_invalid_combination_shows_a_message_not_a_traceback():
     assert_refused(box, "n_experts", 30, "not divisible by n_group=8")
     box.controls["n_experts"].value = 16
     assert "Not drawn" not in box.html.value and box.image.value != image
-    box.controls["bias_expert"].value = 40
-    assert "numbered 0 to 15" in box.html.value
+    box.controls["bias_expert"].value = 40  # dependent controls move back into range, with a note
+    assert box.controls["bias_expert"].value == 15 and "bias_expert 40 -&gt; 15" in box.html.value
     box.controls["bias_expert"].value = 2
-    box.controls["top_k"].value = 12
-    assert "more than the 8 experts" in box.html.value
+    box.controls["top_k"].value = 12  # 4 kept groups of 2 experts hold 8
+    assert box.controls["top_k"].value == 8 and "top_k 12 -&gt; 8" in box.html.value
+    assert "Not drawn" not in box.html.value
+
+
+def test_dependent_sliders_stay_valid_and_say_so():
+    from dsv3_edu.widgets.l05_moe import routing_explorer
+
+    box = routing_explorer()  # 32 experts, 8 groups, keep 4, top-8
+    box.controls["n_group"].value = 2  # below topk_group = 4: the move lesson 05's prompt suggests
+    assert box.controls["topk_group"].value == 2
+    assert "topk_group 4 -&gt; 2: a token cannot keep more groups" in box.html.value
+    assert "Not drawn" not in box.html.value and "keeps 2 groups" in box.html.value
+    box.controls["n_experts"].value = 4  # 2 groups of 2 keep 4 experts: top-8 and expert 5 must move
+    assert box.controls["top_k"].value == 4 and box.controls["bias_expert"].value == 3
+    assert "top_k 8 -&gt; 4" in box.html.value and "bias_expert 5 -&gt; 3" in box.html.value
+    box.controls["bias"].value = 0.5  # nothing to move: no note
+    assert "Note:" not in box.html.value

@@ -7,24 +7,25 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from dsv3_edu.viz import moving_average
+from dsv3_edu.balance import ToyRouter, relative_domain_loads  # noqa: E402
+from dsv3_edu.viz import moving_average  # noqa: E402
 from dsv3_edu.widgets import l06_balancing as wb  # noqa: E402
 
 torch.set_num_threads(1)
 
 
 def test_toy_router_collapses_without_balancing_and_balances_with_it():
-    free = wb.ToyRouter(balance=False)
+    free = ToyRouter(balance=False)
     free.step(100)
     assert free.maxvio[0] < 1.5 and sum(free.maxvio[-10:]) / 10 > 2.0  # collapse develops (max E/K - 1 = 3)
-    balanced = wb.ToyRouter(gamma=0.01, balance=True)
+    balanced = ToyRouter(gamma=0.01, balance=True)
     balanced.step(100)
     assert sum(balanced.maxvio[-20:]) / 20 < 0.3
     assert torch.equal(free.bias, torch.zeros(8))
 
 
 def test_toy_bias_moves_exactly_gamma_against_the_load():
-    router = wb.ToyRouter(gamma=0.05)
+    router = ToyRouter(gamma=0.05)
     router.step(5)
     previous = torch.zeros(8)
     for loads, bias in zip(router.loads, router.biases):
@@ -33,7 +34,7 @@ def test_toy_bias_moves_exactly_gamma_against_the_load():
 
 
 def test_toy_router_is_deterministic():
-    a, b = wb.ToyRouter(), wb.ToyRouter()
+    a, b = ToyRouter(), ToyRouter()
     a.step(7)
     b.step(7)
     assert a.maxvio == b.maxvio and torch.equal(a.bias, b.bias)
@@ -42,12 +43,12 @@ def test_toy_router_is_deterministic():
 @pytest.mark.parametrize("gamma", [0.0, -0.01, 2.0, float("nan"), "0.01"])
 def test_invalid_gamma_is_a_clear_error(gamma):
     with pytest.raises(ValueError, match="out of range"):
-        wb.ToyRouter(gamma=gamma)
+        ToyRouter(gamma=gamma)
 
 
 def test_invalid_router_shape():
     with pytest.raises(ValueError, match="top_k"):
-        wb.ToyRouter(n_experts=4, top_k=4)
+        ToyRouter(n_experts=4, top_k=4)
 
 
 def test_stepper_controls_redraw():
@@ -79,7 +80,7 @@ def test_stepper_shows_errors_instead_of_raising():
 
 
 def test_table_rows_follow_the_sign_rule():
-    router = wb.ToyRouter()
+    router = ToyRouter()
     assert [r[1] for r in wb.toy_router_table(router)] == ["-"] * 8
     router.step(1)
     rows = wb.toy_router_table(router)
@@ -105,7 +106,7 @@ def test_plots_and_table_from_results():
         matplotlib.pyplot.close(fig)
     text = wb.results_table(results)
     assert "loss_free gamma=0.01" in text and "0.080" in text and "gamma=0.001" not in text
-    rel, domains = wb.relative_domain_loads(results["runs"]["none"], 0)
+    rel, domains = relative_domain_loads(results["runs"]["none"], 0)
     assert rel.shape == (4, 2) and domains == ["prose", "code"]
     torch.testing.assert_close(rel.mean(0), torch.ones(2, dtype=torch.float64))
 

@@ -87,11 +87,10 @@ def test_out_of_range_shows_a_message_not_a_traceback(model):
     texts = {"short": "abcdefgh", "long": "abcdefghijklmnopqrst"}
     box = mtp_explorer(model, texts=texts, text="long", position=15, depth=2)
     image = box.image.value
-    box.controls["text"].value = "short"
-    assert "Not drawn" in box.html.value and "Pick a position from 0 to 4" in box.html.value
-    assert box.image.value == image  # the last valid picture stays
-    box.controls["position"].value = 4
-    assert "Not drawn" not in box.html.value and box.image.value != image
+    box.controls["text"].value = "short"  # position 15 does not exist in 8 tokens: moved to 4, and said so
+    assert box.controls["position"].value == 4 and "Not drawn" not in box.html.value
+    assert "position 15 -&gt; 4: with depth 2 this text's last usable position is 4" in box.html.value
+    assert box.image.value != image
     with pytest.raises(ValueError, match="depths 1..2"):
         mtp_chain(model, ByteTokenizer().encode("abcdefgh"), 1, 3)
 

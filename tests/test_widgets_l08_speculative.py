@@ -10,12 +10,11 @@ import torch  # noqa: E402
 from widget_helpers import assert_refused  # noqa: E402
 
 from dsv3_edu import DeepSeekV3, ModelConfig, generate, speculative_generate  # noqa: E402
+from dsv3_edu.evaluation import acceptance_runs, pool  # noqa: E402
 from dsv3_edu.generate import SpeculativeStats  # noqa: E402
 from dsv3_edu.widgets.l08_speculative import (  # noqa: E402
-    acceptance_runs,
     forward_staircase,
     plot_tokens_vs_forwards,
-    pool,
     prompt_ids,
     segments_summary,
     speculative_explorer,
@@ -112,3 +111,18 @@ def test_bad_input_gives_a_message(model):
     assert "Not drawn" not in box.html.value
     no_mtp = DeepSeekV3(ModelConfig.tiny(**{**SMALL, "num_nextn_predict_layers": 0})).eval()
     assert "no MTP module" in speculative_explorer(no_mtp).html.value
+
+
+def test_text_box_follows_the_prompt_dropdown(model):
+    texts = {"prose": "Mia has a", "code": "def f(x):"}
+    box = speculative_explorer(model, texts=texts, new_tokens=6)
+    text, prompt = box.controls["text"], box.controls["prompt"]
+    assert text.continuous_update is False  # decodes when the learner presses enter, not on every keystroke
+    assert text.value == "Mia has a"
+    prompt.value = "code"
+    assert text.value == "def f(x):" and "<b>code</b>" in box.html.value  # the box shows what is decoded
+    text.value = "def g(y):"  # typing over a held-out prompt makes it a custom one, decoded once
+    assert prompt.value == "custom" and "<b>custom</b>" in box.html.value
+    html = box.html.value
+    prompt.value = "prose"
+    assert text.value == "Mia has a" and box.html.value != html

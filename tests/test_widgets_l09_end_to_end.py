@@ -15,6 +15,7 @@ from widget_helpers import assert_refused  # noqa: E402
 from dsv3_edu import DeepSeekV3, generate  # noqa: E402
 from dsv3_edu.balance import LoadTracker  # noqa: E402
 from dsv3_edu.data import ByteTokenizer  # noqa: E402
+from dsv3_edu.evaluation import score_sums  # noqa: E402
 from dsv3_edu.train import preset  # noqa: E402
 from dsv3_edu.widgets.l09_end_to_end import (  # noqa: E402
     DOMAIN_PROMPTS,
@@ -26,7 +27,6 @@ from dsv3_edu.widgets.l09_end_to_end import (  # noqa: E402
     plot_generation,
     plot_history,
     relative_loads,
-    score_sums,
 )
 
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "tiny-dsv3"

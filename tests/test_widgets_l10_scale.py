@@ -9,9 +9,9 @@ import pytest  # noqa: E402
 from widget_helpers import assert_redraws  # noqa: E402
 
 from dsv3_edu import ModelConfig  # noqa: E402
+from dsv3_edu.accounting import deployment  # noqa: E402
 from dsv3_edu.viz import GiB  # noqa: E402
 from dsv3_edu.widgets.l10_scale import (  # noqa: E402
-    deployment,
     deployment_explorer,
     deployment_rows,
     deployment_table,

@@ -15,10 +15,13 @@ def write_json(path: Path, results: dict) -> None:
     files.write_json(path, results, quiet=False)
 
 
-def check_json_arg(parser: argparse.ArgumentParser, path: str | Path | None) -> None:
-    """Before any measuring: prove ``--json`` can be written, or stop with argparse's error naming why."""
-    if path:
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, then a test write of ``--json`` (if given) before anything is measured: an
+    unwritable path is a usage error now, not a lost run later."""
+    args = parser.parse_args(argv)
+    if getattr(args, "json", None):
         try:
-            files.ensure_writable(path, what="--json results")
+            files.ensure_writable(args.json, what="--json results")
         except files.OutputPathError as err:
             parser.error(str(err))
+    return args

@@ -40,7 +40,7 @@ from ..config import DATA_DIR, ModelConfig
 from ..files import atomic_write_text
 from ..moe import MoE, SwiGLUMLP, moe_reference_forward
 from ..train import PRESETS, TrainConfig, positive_int, preset, train
-from . import check_json_arg
+from . import parse_args
 from .timing import median_seconds, timed
 
 RESULTS_PATH = DATA_DIR / "balance_runs" / "results.json"
@@ -203,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short smoke run (100 steps, small evaluation)")
     parser.add_argument("--steps", type=positive_int, help="training steps per run (default 800, --quick 100)")
     parser.add_argument("--threads", type=positive_int, default=1)
-    args = parser.parse_args(argv)
-    check_json_arg(parser, args.json)
+    args = parse_args(parser, argv)
     torch.set_num_threads(args.threads)
     steps = args.steps if args.steps is not None else (100 if args.quick else PRESETS["balance"][1]["steps"])
     small = dict(eval_blocks_per_domain=8, dispatch_tokens=512, loop_tokens=128) if args.quick else {}

@@ -29,7 +29,7 @@ import torch
 from ..config import ModelConfig
 from ..costmodel import Machine, decode_step_cost
 from ..mla import MLA, absorbed_attention, causal_mask, expand_kv, expanded_attention, naive_attention
-from . import check_json_arg, write_json
+from . import parse_args, write_json
 from .timing import median_seconds
 
 BLOCK = 128  # query rows per block in prefill
@@ -174,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dsv3_edu.bench mla", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the results here (e.g. data/bench_mla.json)")
     parser.add_argument("--quick", action="store_true", help="smoke run: contexts 256 and 512, small chunk")
-    args = parser.parse_args(argv)
-    check_json_arg(parser, args.json)
+    args = parse_args(parser, argv)
     if args.quick:
         results = run([256, 512], chunk=128, repeats=3)
     else:

@@ -32,7 +32,7 @@ from ..checkpoint import load_pretrained
 from ..config import DATA_DIR
 from ..data import DOMAINS, ByteTokenizer, documents, load_corpus
 from ..generate import generate, speculative_generate
-from . import check_json_arg, write_json
+from . import parse_args, write_json
 from .timing import timed
 
 SHIPPED = DATA_DIR / "tiny-dsv3"
@@ -178,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here (e.g. data/bench_mtp.json)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 prompts, 64 new tokens, 2 training steps")
     parser.add_argument("--model", type=Path, default=SHIPPED, help="checkpoint folder (default: the shipped one)")
-    args = parser.parse_args(argv)
-    check_json_arg(parser, args.json)
+    args = parse_args(parser, argv)
     if not (args.model / "config.json").exists():
         parser.error(f"no checkpoint in {args.model}: train it with `python -m dsv3_edu.train --preset tiny-dsv3`")
     if args.quick:

@@ -136,6 +136,17 @@ def as_tensor(got, shape: Sequence[int] | None = None, what: str = "the result",
     return got
 
 
+def as_scalar(got, what: str = "the result (a number)"):
+    """The learner's answer as one finite float (a number or a one-element tensor), or None after printing why not."""
+    got = as_tensor(got, what=what, numbers_ok=True)
+    if got is None:
+        return None
+    if got.numel() != 1:
+        print(f"Return one number ({what}), got a tensor of shape {tuple(got.shape)}.")
+        return None
+    return float(got)
+
+
 def close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
     """Same shape and equal within |a - b| <= atol + rtol |b|, compared in float64 (NaN is never close)."""
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape:
@@ -160,10 +171,21 @@ def run_cases(fn, cases: Sequence[tuple], solution: Callable[..., Any], hint: st
     return results
 
 
-def diagnose(results, mistakes) -> str | None:
+def diagnose(results, mistakes, same: Callable[[Any, Any], bool] = same_number) -> str | None:
     """The mistake table: the explanation of the first typical mistake ``wrong(*case)`` that reproduces every
-    answer, if any. ``text`` is a string or a function of the results."""
+    answer (all cases, not one), if any. ``text`` is a string or a function of the results; ``same`` compares
+    an answer with a mistake's output (numbers by default; ``==`` for token lists)."""
     for wrong, text in mistakes:
-        if all(same_number(got, wrong(*case)) for case, got, _ in results):
+        if all(same(got, wrong(*case)) for case, got, _ in results):
             return text if isinstance(text, str) else text(results)
     return None
+
+
+def what_differs(results, describe: Callable[[Any], str] = repr, limit: int = 3,
+                 same: Callable[[Any, Any], bool] = same_number) -> str:
+    """What a checker says when no known mistake reproduces the answers: the cases that differ, with the
+    expected and the returned value (at most ``limit`` of them)."""
+    rows = [f"  {describe(case)}: expected {want!r}, got {got!r}" for case, got, want in results
+            if not same(got, want)]
+    more = f"\n  ... and {len(rows) - limit} more" if len(rows) > limit else ""
+    return "Not one of the usual mistakes; here is what differs:\n" + "\n".join(rows[:limit]) + more

@@ -45,6 +45,20 @@ def check_active_fraction(answer) -> None:
     if answer > 1 and abs(1 / answer - want) < 1e-3:
         print("Upside down: divide the active count by the total.")
         return
+    counts = count_parameters(ModelConfig.deepseek_v3())
+    with_mtp = (counts["active"] + counts["mtp_active"]) / (counts["total"] + counts["mtp"])
+    if abs(answer - with_mtp) < 2e-6 and abs(answer - want) > 2e-6:
+        print(f"You counted the MTP module too ({with_mtp:.5f}). The question is about the main model, the part "
+              "that generates every token: use count_parameters(...)['active'] and ['total'] alone.")
+        return
+    headlines = {37 / 671: "37B / 671B, the paper's rounded headline numbers",
+                 37 / 685: "37B / 685B, the rounded headlines with the MTP module in the total",
+                 36.7 / 671: "36.7B (DeepSeek's README count) / 671B"}
+    for value, what in headlines.items():
+        if abs(answer - value) < 5e-5:
+            print(f"That is {what}. Use the exact counts of the package (count_parameters, or the two numbers "
+                  "printed above): the rounding moves the fraction in the third digit.")
+            return
     if abs(answer - want) > 5e-4:
         print(f"Not quite: got {answer:.4f}. Take count_parameters(...)['active'] and ['total'] (or the two "
               "numbers printed above) and divide.")

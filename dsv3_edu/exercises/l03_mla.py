@@ -116,7 +116,8 @@ def check_split_kv_b(fn) -> None:
     for H, D, V, C in _SPLIT_CASES:
         weight = torch.randn(H * (D + V), C, generator=gen)
         want_uk, want_uv = solution_split_kv_b(weight, H, D, V)
-        got = _call(fn, weight, H, D, V, hint="view the rows as (H, D+V, C), then slice the middle axis.")
+        got = _call(fn, weight, H, D, V,
+                    hint="kv_b_proj's rows come head by head, and within a head the K rows come first.")
         if got is _NOT_DONE:
             return
         where = f"With H={H}, D={D}, V={V}, C={C} (weight {tuple(weight.shape)})"
@@ -142,10 +143,22 @@ def check_split_kv_b(fn) -> None:
         block_uk = weight[: H * D].reshape(H, D, C)
         if torch.equal(uk, block_uk):
             print(f"{where}: you took the first H*D={H * D} rows as all heads' W^UK. kv_b_proj's rows are grouped "
-                  f"PER HEAD: [head 0 k_nope ({D}); head 0 v ({V}); head 1 k_nope; ...]. View as (H, D+V, C) first.")
+                  f"PER HEAD: [head 0 k_nope ({D}); head 0 v ({V}); head 1 k_nope; ...]. Separate the heads first, "
+                  "then split each head's rows.")
+            return
+        head_minor = weight.view(D + V, H, C).transpose(0, 1)  # (H, D+V, C) read as if the head were inner
+        if torch.equal(uk, head_minor[:, :D]) and torch.equal(uv, head_minor[:, D:]):
+            print(f"{where}: you read the rows as if the head were the INNER index (row i*H + h). The head is the "
+                  "outer one: all D+V rows of head 0 come first, then head 1's.")
+            return
+        per_head = weight.view(H, D + V, C)
+        if torch.equal(uk, per_head[:, V:]) and torch.equal(uv, per_head[:, :V]):
+            print(f"{where}: you took each head's LAST D rows as W^UK and its first V rows as W^UV. Within a "
+                  "head the K rows come first: rows 0..D-1 are W^UK, rows D..D+V-1 are W^UV.")
             return
         if not (torch.equal(uk, want_uk) and torch.equal(uv, want_uv)):
-            print(f"{where}: right shapes, wrong values. Row h*(D+V) + i of kv_b_proj is row i of head h: "
+            print(f"{where}: right shapes, wrong values; not one of the usual mistakes. "
+                  "Row h*(D+V) + i of kv_b_proj is row i of head h: "
                   "rows 0..D-1 of a head are W^UK, rows D..D+V-1 are W^UV.")
             return
     print("Correct: kv_b_proj.weight.view(H, D+V, C) split at D on dim 1 gives W^UK (H, D, C) and W^UV (H, V, C), "

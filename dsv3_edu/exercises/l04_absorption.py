@@ -65,9 +65,11 @@ def check_absorb_query(fn) -> None:
     head0 = torch.einsum("bhtd,dc->bhtc", q_nope, kv_b[:D])
     if close(got, wrong_rows):
         print("You took the first H*D rows of kv_b_proj as W^UK. Its rows are grouped per head, "
-              "[W^UK_0 (D rows); W^UV_0 (V rows); W^UK_1; ...]: view(H, D+V, C) first, then [:, :D].")
+              "[W^UK_0 (D rows); W^UV_0 (V rows); W^UK_1; ...]: separate the heads first, then keep each head's "
+              "first D rows.")
     elif close(got, wrong_major):
-        print("You viewed kv_b_proj as (D+V, H, C): the head is the outer index. view(H, D+V, C), then [:, :D].")
+        print("You viewed kv_b_proj as (D+V, H, C): the head is the outer index of its rows (all D+V rows of "
+              "head 0, then head 1, ...), and W^UK is the first D rows of each head.")
     elif close(got, head0):
         print("Every head used head 0's W^UK. Each head h has its own block W^UK_h: keep h in the einsum.")
     elif close(got, want * (D + 2) ** -0.5) or close(got, want * (D + V) ** -0.5) or close(got, want * D**-0.5):

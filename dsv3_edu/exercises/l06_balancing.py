@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ._common import NOT_DONE as _NOT_DONE
-from ._common import as_tensor, checker
+from ._common import as_scalar, checker, diagnose
 from ._common import call_learner as _call
 
 # ----------------------------------------------------------------------------------------------
@@ -97,43 +97,53 @@ _VIO_CASES = (
 )
 
 
-def _vio_mistakes(loads):
+def _stats(loads):
     x = loads.double()
-    mean, top = x.mean(), x.max()
-    return (
-        ((top - x.min()) / mean, "you used max - min; MaxVio compares the busiest expert with the MEAN load"),
-        (top / mean, "off by exactly 1: (max - mean) / mean = max / mean - 1; subtract the mean first"),
-        (top - mean, "you forgot to divide by the mean load (MaxVio is relative: 1 means twice the fair share)"),
-        ((top - mean) / top, "you divided by the max; divide by the mean load"),
-        (x.std() / mean, "that is the coefficient of variation; MaxVio looks at the single busiest expert"),
-    )
+    return x, x.mean(), x.max()
+
+
+# Typical mistakes, each as the function it is; one is named only if it reproduces the answer on EVERY case.
+_VIO_MISTAKES = (
+    (lambda loads: float((_stats(loads)[2] - _stats(loads)[0].min()) / _stats(loads)[1]),
+     "you used max - min; MaxVio compares the busiest expert with the MEAN load"),
+    (lambda loads: float(_stats(loads)[2] / _stats(loads)[1]),
+     "off by exactly 1: (max - mean) / mean = max / mean - 1; subtract the mean first"),
+    (lambda loads: float(_stats(loads)[2] - _stats(loads)[1]),
+     "you forgot to divide by the mean load (MaxVio is relative: 1 means twice the fair share)"),
+    (lambda loads: float((_stats(loads)[2] - _stats(loads)[1]) / _stats(loads)[2]),
+     "you divided by the max; divide by the mean load"),
+    (lambda loads: float(_stats(loads)[0].std() / _stats(loads)[1]),
+     "that is the coefficient of variation; MaxVio looks at the single busiest expert"),
+    (lambda loads: float((_stats(loads)[1] - _stats(loads)[0].min()) / _stats(loads)[1]),
+     "you measured the LEAST loaded expert, (mean - min) / mean; MaxVio is about the busiest one: (max - mean) / "
+     "mean"),
+    (lambda loads: float((_stats(loads)[2] - _stats(loads)[1]) // _stats(loads)[1]),
+     "whole-number division (//) drops the fraction: divide with /"),
+)
 
 
 @checker
 def check_max_violation(fn) -> None:
     """fn(loads (E,)) -> MaxVio as a float (or a 0-dim tensor)."""
+    results = []
     for loads in _VIO_CASES:
         got = _call(fn, loads.clone(), hint="loads are integers: convert with loads.float() before taking the mean.")
         if got is _NOT_DONE:
             return
-        got = as_tensor(got, what="MaxVio (a number)", numbers_ok=True)
+        got = as_scalar(got, what="MaxVio of the layer")
         if got is None:
             return
-        if got.numel() != 1:
-            print(f"Return one number for the layer, got a tensor of shape {tuple(got.shape)}")
-            return
-        want = solution_max_violation(loads)
-        if abs(float(got) - want) <= 1e-6 * max(1.0, abs(want)):
-            continue
-        print(f"For loads={loads.tolist()}: expected {want:.4f}, got {float(got):.4f}.")
-        for wrong, why in _vio_mistakes(loads):
-            if abs(float(got) - float(wrong)) <= 1e-6 * max(1.0, abs(float(wrong))):
-                print("Hint: " + why + ".")
-                return
-        print("Hint: MaxVio = (max_i Load_i - mean Load) / mean Load.")
+        results.append(((loads,), got, solution_max_violation(loads)))
+    near = lambda a, b: abs(a - b) <= 1e-6 * max(1.0, abs(b))  # noqa: E731
+    if all(near(got, want) for _, got, want in results):
+        print("Correct: 0 is perfect balance, 1 means the busiest expert has twice its fair share; "
+              "8 experts collapsed onto one give 7 (= E/K - 1 with K=1).")
         return
-    print("Correct: 0 is perfect balance, 1 means the busiest expert has twice its fair share; "
-          "8 experts collapsed onto one give 7 (= E/K - 1 with K=1).")
+    (loads,), got, want = next(r for r in results if not near(r[1], r[2]))
+    print(f"For loads={loads.tolist()}: expected {want:.4f}, got {got:.4f}.")
+    why = diagnose(results, _VIO_MISTAKES, same=near)
+    print("Hint: " + (why + "." if why else "not one of the usual mistakes. MaxVio = (max_i Load_i - mean Load) / "
+                      "mean Load, the busiest expert against the mean."))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,11 +249,8 @@ def check_sequence_balance_loss(fn) -> None:
                 "(scatter_add_ or one_hot), normalize the scores over experts, average over T.")
     if got is _NOT_DONE:
         return
-    got = as_tensor(got, what="the loss (a scalar)", numbers_ok=True)
+    got = as_scalar(got, what="the loss, the mean over sequences")
     if got is None:
-        return
-    if got.numel() != 1:
-        print(f"Return one scalar (the mean over sequences), got shape {tuple(got.shape)}")
         return
     want = solution_sequence_balance_loss(scores, topk_idx, alpha)
     if abs(float(got) - float(want)) <= 1e-6 * abs(float(want)):
@@ -256,5 +263,5 @@ def check_sequence_balance_loss(fn) -> None:
         if abs(float(got) - float(wrong)) <= 1e-6 * abs(float(wrong)):
             print("Hint: " + why + ".")
             return
-    print("Hint: per sequence f_i = N_r/(K_r T) * (times i was chosen), P_i = mean_t s'_{i,t}; "
-          "L = alpha * sum_i f_i P_i, then the mean over sequences.")
+    print("Hint: not one of the usual mistakes. Per sequence f_i = N_r/(K_r T) * (times i was chosen), "
+          "P_i = mean_t s'_{i,t}; L = alpha * sum_i f_i P_i, then the mean over sequences.")

@@ -12,7 +12,7 @@ import math
 import torch
 
 from ._common import NOT_DONE as _NOT_DONE
-from ._common import as_int_list, checker
+from ._common import as_int_list, checker, diagnose, what_differs
 from ._common import call_learner as _call
 
 # ----------------------------------------------------------------------------------------------
@@ -29,49 +29,54 @@ def solution_accept(draft, main_choices):
     return [main_choices[0]]
 
 
-_ACCEPT_CASES = ((42, (42, 7)), (42, (9, 7)), (5, (5, 5)), (5, (6, 5)), (0, (3, 0)))
+# Every kind of case: d = c0 != c1 (accepted), d = c1 != c0 (rejected), d = c0 = c1 (accepted), d neither.
+_ACCEPT_CASES = ((42, (42, 7)), (7, (9, 7)), (5, (5, 5)), (42, (9, 7)), (0, (3, 0)), (3, (3, 0)))
+
+# Typical mistakes, each as the function it is; a diagnosis needs the answers of every case to match one.
+_ACCEPT_MISTAKES = (
+    (lambda d, c: [d, c[1]],
+     "you keep the draft every time, even when the main model chose another token. That is trap 14, "
+     "\"speculative\" decoding that never verifies: the output is no longer the main model's. Accept the draft "
+     "only if it equals main_choices[0]."),
+    (lambda d, c: [d, c[1]] if d == c[1] else [c[0]],
+     "you compare the draft with main_choices[1], the main model's choice at position m+1. The draft is a guess "
+     "for position m+1's token x_{m+1}, which the main model chose at position m: compare with main_choices[0]."),
+    (lambda d, c: [d] if d == c[0] else [c[0]],
+     "the accept test is right, but you drop the free token. When the draft is accepted, main_choices[1] is the "
+     "main model's own next token after it: append it too, or a step never yields 2 tokens."),
+    (lambda d, c: [d, c[1]] if d == c[0] else list(c),
+     "on a rejection you keep main_choices[1] too. It is invalid: the main model computed it after reading the "
+     "wrong draft. Keep only main_choices[0]."),
+    (lambda d, c: [c[1]] if d == c[0] else [c[0]],
+     "on an acceptance the draft itself is a new token too: append [draft, main_choices[1]], not only "
+     "main_choices[1]."),
+)
 
 
 @checker
 def check_accept(fn) -> None:
     """fn(draft: int, main_choices: (int, int)) -> list of the tokens this step appends to the output."""
+    results = []
     for draft, choices in _ACCEPT_CASES:
         got = _call(fn, draft, choices, hint="return a list of token ids, e.g. `return [main_choices[0]]`.")
         if got is _NOT_DONE:
             return
-        where = f"draft={draft}, main_choices={choices}"
         toks = as_int_list(got)
         if toks is None:
-            print(f"{where}: return a list of token ids (ints), got {type(got).__name__}.")
+            print(f"draft={draft}, main_choices={choices}: return a list of token ids (ints), "
+                  f"got {type(got).__name__}.")
             return
-        want = solution_accept(draft, choices)
-        if toks == want:
-            continue
-        accepted = draft == choices[0]
-        if not accepted and toks == [draft, choices[1]]:
-            print(f"{where}: you kept the draft although the main model chose {choices[0]} there. That is trap 14, "
-                  "\"speculative\" decoding that never verifies: the output is no longer the main model's. "
-                  "Accept the draft only if it equals main_choices[0].")
-            return
-        if not accepted and toks == list(choices):
-            print(f"{where}: the draft was rejected, so main_choices[1] is invalid: the main model computed it "
-                  f"after reading the wrong draft {draft}. Keep only main_choices[0].")
-            return
-        if not accepted and draft in toks:
-            print(f"{where}: the rejected draft {draft} must not reach the output; append the main model's "
-                  f"choice {choices[0]} instead.")
-            return
-        if accepted and toks == [draft]:
-            print(f"{where}: right, but you drop the free token. The draft was accepted, so main_choices[1] is "
-                  "the main model's own next token after it: append it too, or a step never yields 2 tokens.")
-            return
-        if accepted and toks == [choices[1]]:
-            print(f"{where}: the accepted draft itself ({draft}) is a new token too; append [draft, main_choices[1]].")
-            return
-        print(f"{where}: expected {want}, got {toks}.")
+        results.append(((draft, choices), toks, solution_accept(draft, choices)))
+    if all(got == want for _, got, want in results):
+        print("Correct: accept the draft only when it equals the main model's own argmax; then the second "
+              "position's argmax is valid too and the step yields 2 tokens, else 1.")
         return
-    print("Correct: accept the draft only when it equals the main model's own argmax; then the second "
-          "position's argmax is valid too and the step yields 2 tokens, else 1.")
+    same = lambda a, b: a == b  # noqa: E731
+    text = diagnose(results, _ACCEPT_MISTAKES, same=same)
+    if text:
+        print("Not yet: " + text)
+        return
+    print(what_differs(results, lambda case: f"draft={case[0]}, main_choices={case[1]}", same=same))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,7 +167,6 @@ def check_verify(fn) -> None:
     from ..generate import generate
 
     model = _verify_model()
-    V = model.config.vocab_size
     prompt = torch.tensor([[257, 72, 105, 33, 32, 77, 105, 97]])  # <bos> "Hi! Mia"
     n_new = 20
     greedy = generate(model, prompt, n_new)[0].tolist()
@@ -178,6 +182,17 @@ def check_verify(fn) -> None:
         return update(layer_idx, c_kv, k_r)
 
     cache.update = counting_update
+    fed: list[list[int]] = []  # the token ids of each forward the learner ran
+    hook = model.model.embed_tokens.register_forward_hook(
+        lambda module, args, output: fed.append(args[0].flatten().tolist()))
+    try:
+        _verify_steps(fn, model, cache, greedy, out, writes, fed)
+    finally:
+        hook.remove()
+
+
+def _verify_steps(fn, model, cache, greedy, out, writes, fed) -> None:
+    V = model.config.vocab_size
     step = 0
     while len(out) < len(greedy) - 1:
         m = len(out) - 1
@@ -188,6 +203,7 @@ def check_verify(fn) -> None:
             print(f"internal: cache holds {cache.seq_len()} positions before step {step}, expected {m}")
             return
         writes.clear()
+        fed.clear()
         got = _call(fn, model, cache, out[-1], draft,
                     hint="run model.backbone(torch.tensor([[x_m, draft]]), cache=cache), take "
                          "model.lm_head(h[0]).argmax(-1), then apply the accept rule.")
@@ -204,19 +220,30 @@ def check_verify(fn) -> None:
             print(f"{where}: the cache did not grow. Run the verification forward with `cache=cache` so the "
                   "positions m and m+1 are written (and attend to everything before them).")
             return
+        x_m = out[-1]
+        if fed and all(len(ids) == 1 for ids in fed) and (toks != want or len(fed) == 1):
+            if fed[0] == [x_m]:
+                print(f"{where}: your forward fed only [x_m] (it wrote 1 position). That gives the argmax at m, "
+                      "but the draft needs its own position m+1 in the same forward, or the main model's choice "
+                      "after it is never computed: feed [[x_m, draft]].")
+            else:
+                print(f"{where}: your forward fed only [draft] (it wrote 1 position). The model never read x_m, "
+                      "which is not in the cache yet (the cache holds positions 0..m-1): feed [[x_m, draft]], "
+                      "positions m and m+1.")
+            return
         if toks != want:
             if wrong and toks[:1] == [draft]:
                 print(f"{where}: you kept the wrong draft {draft}; the main model chose {right}. That is trap 14: "
                       "every draft must be checked against the main model's argmax at position m.")
-            elif wrong and toks == [right, *toks[1:]] and len(toks) == 2:
+            elif wrong and toks[:1] == [right] and len(toks) == 2:
                 print(f"{where}: after a rejected draft the second argmax was computed after the wrong token: "
                       f"append only {[right]}, got {toks}.")
             elif not wrong and toks == [right]:
                 print(f"{where}: the draft was right, so the argmax at position m+1 is valid too: append "
                       f"{want}, got {toks}. Without it speculative decoding never yields 2 tokens per forward.")
             else:
-                print(f"{where}: expected {want} (greedy decoding's next tokens), got {toks}. Did the forward use "
-                      "the cache? Without it the model sees only these two tokens.")
+                print(f"{where}: not one of the usual mistakes; expected {want} (greedy decoding's next tokens), "
+                      f"got {toks}; your forward wrote {writes[0] if writes else 0} position(s) per layer.")
             return
         out += toks
         if wrong and length == m + 2:

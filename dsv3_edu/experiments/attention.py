@@ -99,7 +99,7 @@ class GroupedAttention(nn.Module):
             raise ValueError(f"{type(self).__name__} caches per-head K and V: pass a dsv3_edu.attention.KVCache, "
                              f"not a {type(cache).__name__}")
         B, T, _ = x.shape
-        start = 0 if cache is None else cache.layer_seq_len(self.layer_idx)
+        start = 0 if cache is None else cache.seq_len(self.layer_idx)
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dk)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, G, T, Dk)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.v_head_dim).transpose(1, 2)  # (B, G, T, Dv)

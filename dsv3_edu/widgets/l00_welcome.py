@@ -13,7 +13,8 @@ from matplotlib.figure import Figure
 
 from ..accounting import count_parameters
 from ..config import ModelConfig
-from ..viz import error_html, fig_to_png, format_count, html_table, stacked_bars
+from ..viz import fig_to_png, format_count, html_table, stacked_bars
+from . import explorer
 
 PRESETS = {"deepseek_v3": ModelConfig.deepseek_v3, "tiny": ModelConfig.tiny}
 # Component label -> keys of count_parameters (total, active per token).
@@ -94,43 +95,29 @@ def parameter_explorer(preset: str = "deepseek_v3") -> W.VBox:
         "num_hidden_layers": W.IntSlider(value=base.num_hidden_layers, min=1, max=128,
                                          description="layers", style=style, layout=layout),
     }
-    image = W.Image(format="png")
-    html = W.HTML()
-    state = {"loading": False}
 
-    def current_config() -> ModelConfig:
-        values = {name: c.value for name, c in controls.items() if name != "preset"}
-        config = PRESETS[controls["preset"].value]()
+    def render(preset: str, **values) -> tuple[bytes, str]:
+        config = PRESETS[preset]()
         # Keep first_k_dense_replace valid when the layer count drops below it.
         values["first_k_dense_replace"] = min(config.first_k_dense_replace, values["num_hidden_layers"])
-        return config.replace(**values)
-
-    def redraw(_change=None) -> None:
-        if state["loading"]:
-            return
-        try:
-            config = current_config()
-        except ValueError as err:
-            html.value = error_html(str(err))
-            return
-        image.value = fig_to_png(plot_parameter_budget(config))
-        html.value = html_table(("component", "total", "active per token"), parameter_rows(config))
+        config = config.replace(**values)
+        return (fig_to_png(plot_parameter_budget(config)),
+                html_table(("component", "total", "active per token"), parameter_rows(config)))
 
     def load_preset(change) -> None:
         config = PRESETS[change["new"]]()
-        state["loading"] = True
-        try:
-            for name in ("n_routed_experts", "num_experts_per_tok", "n_shared_experts", "num_hidden_layers"):
-                controls[name].value = getattr(config, name)
-        finally:
-            state["loading"] = False
-        redraw()
+        for name in ("n_routed_experts", "num_experts_per_tok", "n_shared_experts", "num_hidden_layers"):
+            controls[name].value = getattr(config, name)
 
-    controls["preset"].observe(load_preset, names="value")
-    for name, control in controls.items():
-        if name != "preset":
-            control.observe(redraw, names="value")
-    redraw()
-    box = W.VBox([W.VBox(list(controls.values())), W.HBox([image, html])])
-    box.controls, box.image, box.html, box.redraw = controls, image, html, redraw
-    return box
+    def adjust(preset: str, n_routed_experts: int, num_experts_per_tok: int, **_) -> dict[str, tuple[int, str]]:
+        config = PRESETS[preset]()
+        per_group = n_routed_experts // config.n_group if n_routed_experts % config.n_group == 0 else 0
+        per_group = per_group if per_group >= 2 else 0  # 1 per group: ModelConfig explains
+        most = min(n_routed_experts, config.topk_group * per_group) if per_group else n_routed_experts
+        if num_experts_per_tok > most:
+            return {"num_experts_per_tok": (most, f"a token picks among the {most} experts of its "
+                                                  f"{config.topk_group} kept groups" if per_group else
+                                                  f"there are only {most} routed experts")}
+        return {}
+
+    return explorer(controls, render, layout="side", before={"preset": load_preset}, adjust=adjust)

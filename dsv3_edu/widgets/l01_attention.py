@@ -159,4 +159,10 @@ def kv_cache_explorer(
         )
 
     requested = dict(n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, batch=batch, n_layers=n_layers)
-    return explorer(controls, render, columns=2, requested=requested)
+
+    def adjust(n_heads: int, n_kv_heads: int, **_) -> dict[str, tuple[int, str]]:
+        if n_kv_heads > n_heads:  # (K/V heads that do not divide the query heads stay an error message)
+            return {"n_kv_heads": (n_heads, "there cannot be more K/V heads than query heads")}
+        return {}
+
+    return explorer(controls, render, columns=2, requested=requested, adjust=adjust)

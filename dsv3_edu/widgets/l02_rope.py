@@ -237,4 +237,9 @@ def rope_explorer(base=10000.0, dim=64, factor=40.0, original=4096, beta_fast=32
 
     requested = dict(base=base, dim=dim, factor=factor, original=original, beta_fast=beta_fast,
                      beta_slow=beta_slow, pair=pair)
-    return explorer(controls, render, columns=2, requested=requested)
+    def adjust(dim: int, pair: int, **_) -> dict[str, tuple[int, str]]:
+        if pair > dim // 2 - 1:  # (beta_fast <= beta_slow stays an error message: either slider could move)
+            return {"pair": (dim // 2 - 1, f"rope dim {dim} has pairs 0 to {dim // 2 - 1}")}
+        return {}
+
+    return explorer(controls, render, columns=2, requested=requested, adjust=adjust)

@@ -30,7 +30,7 @@ from ..viz import (
     DTYPES,
     GiB,
     bar_with_references,
-    error_html,
+    escape,
     fig_to_png,
     format_bytes,
     html_table,
@@ -39,7 +39,7 @@ from ..viz import (
     visible_token,
     whole_number,
 )
-from . import announce_clamps, explorer
+from . import explorer
 
 # ----------------------------------------------------------------------------- attention maps
 
@@ -82,27 +82,38 @@ def _check_choice(attn: torch.Tensor, layer: int, head: int, query: int) -> None
             raise ValueError(f"{name}={value!r} is out of range: this model has {name} 0 to {n - 1}")
 
 
-def plot_attention_grid(attn: torch.Tensor, title: str = "", cell: float = 2.2) -> Figure:
-    """One heatmap per (layer, head): rows are query positions, columns key positions."""
+def plot_attention_grid(attn: torch.Tensor, title: str = "", cell: float = 2.2,
+                        tokens: Sequence[str] | None = None) -> Figure:
+    """One heatmap per (layer, head): rows are query positions, columns key positions, one shared colorbar.
+
+    ``tokens`` (T labels) label the outer axes (at most 16 ticks each); without them the ticks are positions.
+    """
     if not isinstance(attn, torch.Tensor) or attn.dim() != 4:
         raise ValueError("attn must be (layers, heads, T, T)")
-    L, H = attn.shape[:2]
-    fig, axes = plt.subplots(L, H, figsize=(cell * H, cell * L), squeeze=False)
+    L, H, T = attn.shape[:3]
+    if tokens is not None:
+        _check_attn(attn, tokens)
+    every = max(1, -(-T // 16))
+    ticks = list(range(0, T, every))
+    labels = [visible_token(tokens[i]) if tokens is not None else str(i) for i in ticks]
+    fig, axes = plt.subplots(L, H, figsize=(cell * H + 1.2, cell * L), squeeze=False)
+    image = None
     for i in range(L):
         for j in range(H):
             ax = axes[i, j]
-            ax.imshow(attn[i, j].numpy(), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            image = ax.imshow(attn[i, j].numpy(), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks(ticks, labels if i == L - 1 else [], fontsize=5, rotation=90)
+            ax.set_yticks(ticks, labels if j == 0 else [], fontsize=5)
             if i == 0:
                 ax.set_title(f"head {j}", fontsize=9)
             if j == 0:
-                ax.set_ylabel(f"layer {i}\nquery", fontsize=9)
+                ax.set_ylabel(f"layer {i}\nquery token", fontsize=9)
             if i == L - 1:
-                ax.set_xlabel("key", fontsize=9)
+                ax.set_xlabel("key token", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="attention weight (probability)")
     return fig
 
 
@@ -132,7 +143,8 @@ def plot_attention(attn: torch.Tensor, tokens: Sequence[str], layer: int = 0, he
     right.set_xticks(range(len(row)), [visible_token(t) for t in tokens[: query + 1]], fontsize=7)
     right.set_xlim(-0.5, T - 0.5)
     right.set_ylim(0, min(1.0, float(row.max()) * 1.15 + 0.02))
-    right.set_ylabel("attention weight")
+    right.set_xlabel(f"key token (positions 0..{query})")
+    right.set_ylabel("attention weight (probability)")
     right.set_title(f"query {query} ({visible_token(tokens[query])!r}) reads keys 0..{query}", fontsize=10)
     fig.tight_layout()
     return fig
@@ -162,29 +174,16 @@ def attention_explorer(attn: torch.Tensor, tokens: Sequence[str], layer: int = 0
         "query": W.IntSlider(value=query, min=0, max=T - 1, description="query position", style=style,
                              layout=layout),
     }
-    image = W.Image(format="png")
-    html = W.HTML()
 
-    def redraw(_change=None) -> None:
-        values = {name: c.value for name, c in controls.items()}
-        try:
-            rows = attention_row(attn, tokens, **values)
-            png = fig_to_png(plot_attention(attn, tokens, **values))
-        except ValueError as err:
-            html.value = error_html(str(err))
-            return
-        image.value = png
-        q = values["query"]
-        html.value = (f"<b>layer {values['layer']}, head {values['head']}, query {q} "
-                      f"({visible_token(tokens[q])!r}): the keys it reads most</b>"
-                      + html_table(["key position", "token", "weight"], rows))
+    def render(layer: int, head: int, query: int) -> tuple[bytes, str]:
+        rows = attention_row(attn, tokens, layer, head, query)
+        png = fig_to_png(plot_attention(attn, tokens, layer, head, query))
+        return png, (f"<b>layer {layer}, head {head}, query {query} "
+                     f"({escape(repr(visible_token(tokens[query])))}): the keys it reads most</b>"
+                     + html_table(["key position", "token", "weight"], rows))
 
-    for control in controls.values():
-        control.observe(redraw, names="value")
-    redraw()
-    box = W.VBox([W.HBox(list(controls.values())[:2]), controls["query"], image, html])
-    box.controls, box.image, box.html, box.redraw = controls, image, html, redraw
-    return announce_clamps(box, dict(layer=layer, head=head, query=query))
+    return explorer(controls, render, rows=[["layer", "head"], ["query"]],
+                    requested=dict(layer=layer, head=head, query=query))
 
 
 # ------------------------------------------------------------------------------ cache sizes

@@ -368,4 +368,21 @@ def routing_explorer(
 
     requested = dict(n_experts=n_experts, top_k=top_k, n_group=n_group, topk_group=topk_group,
                      bias_expert=bias_expert, bias=bias)
-    return explorer(controls, render, columns=2, requested=requested)
+    return explorer(controls, render, columns=2, requested=requested, adjust=routing_adjustments)
+
+
+def routing_adjustments(n_experts: int, top_k: int, n_group: int, topk_group: int, bias_expert: int,
+                        **_) -> dict[str, tuple[int, str]]:
+    """The dependent sliders moved back into range: kept groups <= groups, top-k <= the experts of the kept
+    groups, the biased expert one of the experts. (Experts not divisible by groups stay an error message:
+    no single slider move fixes that one.)"""
+    fix: dict[str, tuple[int, str]] = {}
+    if topk_group > n_group:
+        fix["topk_group"] = (n_group, "a token cannot keep more groups than there are")
+        topk_group = n_group
+    if n_experts % n_group == 0 and top_k > topk_group * (n_experts // n_group):
+        fix["top_k"] = (topk_group * (n_experts // n_group),
+                        "top-k picks only among the experts of the kept groups")
+    if bias_expert >= n_experts:
+        fix["bias_expert"] = (n_experts - 1, f"there are only experts 0..{n_experts - 1}")
+    return fix

@@ -11,7 +11,6 @@ so a lesson cell shows the same picture without a widget, and tests drive the ca
 
 from __future__ import annotations
 
-import html as html_lib
 from dataclasses import dataclass
 
 import ipywidgets as W
@@ -25,8 +24,8 @@ from ..config import ModelConfig
 from ..data import DOMAINS, ByteTokenizer, documents, load_corpus
 from ..layers import eval_mode
 from ..model import DeepSeekV3
-from ..viz import error_html, fig_to_png, html_table, text_table, visible_token
-from . import announce_clamps
+from ..viz import escape, fig_to_png, html_table, text_table, visible_token
+from . import explorer
 
 # Cell kinds of the grid, in colour order.
 KINDS = ("not visible", "context in h_i", "via the chain", "Emb input", "target")
@@ -257,32 +256,25 @@ def mtp_explorer(
                                 description="position", style=style, layout=W.Layout(width="420px")),
         "depth": W.IntSlider(value=depth, min=1, max=max_depth, description="depth", style=style),
     }
-    image = W.Image(format="png")
-    out_html = W.HTML()
 
-    def redraw(_change=None) -> None:
-        name, i, k = controls["text"].value, controls["position"].value, controls["depth"].value
-        ids = encoded[name]
-        try:
-            if len(model.mtp) == 0:
-                raise ValueError("this model has no MTP module (num_nextn_predict_layers=0)")
-            _check(len(ids), i, k, len(model.mtp))
-            if name not in cache:
-                cache[name] = mtp_forward_all(model, ids)
-            rows = mtp_chain(model, ids, i, k, cache[name])
-            png = fig_to_png(plot_mtp_view(ids, i, k, rows))
-        except ValueError as err:
-            out_html.value = error_html(html_lib.escape(str(err)))
-            return
-        image.value = png
-        cells = [[html_lib.escape(c) for c in row] for row in _chain_cells(rows)]
-        out_html.value = (f"<b>{html_lib.escape(name)}, position {i}, depth {k}</b>: depth {k} at position {i} "
-                          f"has seen the same tokens t_0..t_{i + k} as the main model at position {i + k}"
-                          + html_table(CHAIN_HEADER, cells))
+    def render(text: str, position: int, depth: int) -> tuple[bytes, str]:
+        ids, i, k = encoded[text], position, depth
+        if len(model.mtp) == 0:
+            raise ValueError("this model has no MTP module (num_nextn_predict_layers=0)")
+        _check(len(ids), i, k, len(model.mtp))
+        if text not in cache:
+            cache[text] = mtp_forward_all(model, ids)
+        rows = mtp_chain(model, ids, i, k, cache[text])
+        return fig_to_png(plot_mtp_view(ids, i, k, rows)), (
+            f"<b>{escape(text)}, position {i}, depth {k}</b>: depth {k} at position {i} "
+            f"has seen the same tokens t_0..t_{i + k} as the main model at position {i + k}"
+            + html_table(CHAIN_HEADER, _chain_cells(rows)))
 
-    for control in controls.values():
-        control.observe(redraw, names="value")
-    redraw()
-    box = W.VBox([W.HBox(list(controls.values())), image, out_html])
-    box.controls, box.image, box.html, box.redraw = controls, image, out_html, redraw
-    return announce_clamps(box, dict(position=position, depth=depth))
+    def adjust(text: str, position: int, depth: int) -> dict[str, tuple[int, str]]:
+        last = len(encoded[text]) - depth - 2  # depth k at position i predicts t_(i+k+1)
+        if 0 <= last < position:
+            return {"position": (last, f"with depth {depth} this text's last usable position is {last}")}
+        return {}
+
+    return explorer(controls, render, rows=[list(controls)], requested=dict(position=position, depth=depth),
+                    adjust=adjust)

@@ -9,8 +9,8 @@ whether the main model agreed ([V3] 5.4.3). This module turns that record into
 - :func:`speculative_html`: the same as coloured HTML (black main, green accepted, red struck-out rejected);
 - :func:`plot_tokens_vs_forwards`: new tokens after each main-model forward, greedy (one per forward)
   against speculative (two when the draft is accepted);
-- :func:`acceptance_runs` and :func:`teacher_forced_agreement`: acceptance rate on held-out prompts,
-  and how often the draft equals the main model's argmax on the held-out text itself.
+
+The measurements (``acceptance_runs``, ``pool``, ``teacher_forced_agreement``) are in :mod:`dsv3_edu.evaluation`.
 
 ``speculative_explorer(model)`` returns a VBox with ``.controls`` ("prompt", "text", "new_tokens"),
 ``.html`` (the coloured generation and its statistics) and ``.image`` (the tokens-per-forward staircase);
@@ -18,8 +18,6 @@ tests drive it by setting ``.value``. Tokens are the bytes of dsv3_edu's ByteTok
 """
 
 from __future__ import annotations
-
-import html as html_lib
 
 import ipywidgets as W
 import matplotlib.pyplot as plt
@@ -29,8 +27,8 @@ from matplotlib.figure import Figure
 from ..data import DOMAINS, ByteTokenizer, documents, load_corpus
 from ..generate import SpeculativeStats, generate, speculative_generate
 from ..model import DeepSeekV3
-from ..viz import error_html, fig_to_png, html_table
-from . import announce_clamps
+from ..viz import escape, fig_to_png, html_table
+from . import explorer
 
 KIND_COLORS = {"prompt": "#6e7781", "main": "#000000", "accepted": "#1a7f37", "rejected": "#cf222e"}
 CUSTOM = "custom"
@@ -96,7 +94,7 @@ def speculative_html(prompt: list[int], segments: list[tuple[str, int]]) -> str:
     parts = []
     for kind, tok in [("prompt", t) for t in prompt if t < 256] + list(segments):
         text = _label(tok)
-        shown = "↵<br>" if text == "\n" else html_lib.escape(text).replace(" ", "&nbsp;")
+        shown = "↵<br>" if text == "\n" else escape(text).replace(" ", "&nbsp;")
         parts.append(f"<span style='{style[kind]}'>{shown}</span>")
     return ("<div style='font-family:monospace;font-size:13px;line-height:1.5;white-space:normal'>"
             + "".join(parts) + "</div>")
@@ -152,40 +150,6 @@ def plot_tokens_vs_forwards(stats: SpeculativeStats, title: str = "", ax=None) -
     return fig if fig is not None else ax.figure
 
 
-# ------------------------------------------------------------------------------ measurements
-
-
-def acceptance_runs(model: DeepSeekV3, per_domain: int = 2, new_tokens: int = 64, prompt_bytes: int = 32,
-                    check_greedy: bool = True) -> list[dict]:
-    """Speculative decoding from the starts of the first ``per_domain`` held-out documents of every domain.
-
-    One dict per prompt: domain, drafts proposed and accepted, main forwards, new tokens, acceptance rate,
-    tokens per forward, and (``check_greedy``) whether the output equals ``generate``'s token for token.
-    """
-    tok, corpus = ByteTokenizer(), load_corpus("validation")
-    rows = []
-    for domain in DOMAINS:
-        for doc in documents(corpus[domain])[:per_domain]:
-            ids = torch.tensor([tok.encode(doc, add_bos=True)[: 1 + prompt_bytes]])
-            spec, stats = speculative_generate(model, ids, new_tokens)
-            row = {"domain": domain, "drafts_proposed": stats.drafts_proposed,
-                   "drafts_accepted": stats.drafts_accepted, "main_forwards": stats.main_forwards,
-                   "new_tokens": stats.new_tokens, "acceptance_rate": stats.acceptance_rate,
-                   "tokens_per_forward": stats.tokens_per_forward}
-            if check_greedy:
-                row["identical"] = bool(torch.equal(spec, generate(model, ids, new_tokens)))
-            rows.append(row)
-    return rows
-
-
-def pool(rows: list[dict]) -> dict:
-    """Pooled acceptance (accepted / proposed over all rows) and tokens per forward (tokens / forwards)."""
-    proposed = sum(r["drafts_proposed"] for r in rows)
-    return {"drafts_proposed": proposed, "drafts_accepted": sum(r["drafts_accepted"] for r in rows),
-            "acceptance_rate": sum(r["drafts_accepted"] for r in rows) / proposed if proposed else 0.0,
-            "tokens_per_forward": sum(r["new_tokens"] for r in rows) / sum(r["main_forwards"] for r in rows)}
-
-
 # ------------------------------------------------------------------------------------- widget
 
 
@@ -235,30 +199,25 @@ def speculative_explorer(model: DeepSeekV3, texts: dict[str, str] | None = None,
     style = {"description_width": "80px"}
     controls = {
         "prompt": W.Dropdown(options=options, value=prompt, description="prompt", style=style),
-        "text": W.Text(value=texts.get(prompt, next(iter(texts.values()), "")), description="custom text",
-                       style=style, layout=W.Layout(width="420px")),
+        "text": W.Text(value=texts.get(prompt, next(iter(texts.values()), "")), description="text",
+                       style=style, layout=W.Layout(width="420px"), continuous_update=False),
         "new_tokens": W.IntSlider(value=new_tokens, min=1, max=MAX_NEW_TOKENS, description="new tokens",
                                   style=style, layout=W.Layout(width="420px"), continuous_update=False),
     }
-    image = W.Image(format="png")
-    out_html = W.HTML()
 
-    def redraw(change=None) -> None:
+    def render(prompt: str, text: str, new_tokens: int) -> tuple[bytes, str]:
+        html, fig, _ = speculative_view(model, text, new_tokens, prompt)
+        return fig_to_png(fig), f"<b>{escape(prompt)}</b>, {new_tokens} new tokens<br>" + html
+
+    def pick_prompt(change) -> None:  # a held-out prompt shows its text in the box
+        if change["new"] != CUSTOM:
+            controls["text"].value = texts[change["new"]]
+
+    def edit_text(change) -> bool:  # typing over a held-out prompt makes it a custom one
         name = controls["prompt"].value
-        if change is not None and change["owner"] is controls["text"] and name != CUSTOM:
-            return  # typing only matters for the custom prompt
-        text = controls["text"].value if name == CUSTOM else texts[name]
-        try:
-            html, fig, _ = speculative_view(model, text, controls["new_tokens"].value, name)
-        except ValueError as err:
-            out_html.value = error_html(html_lib.escape(str(err)))
-            return
-        image.value = fig_to_png(fig)
-        out_html.value = f"<b>{html_lib.escape(name)}</b>, {controls['new_tokens'].value} new tokens<br>" + html
+        if name != CUSTOM and change["new"] != texts[name]:
+            controls["prompt"].value = CUSTOM
+        return True
 
-    for control in controls.values():
-        control.observe(redraw, names="value")
-    redraw()
-    box = W.VBox([W.HBox([controls["prompt"], controls["new_tokens"]]), controls["text"], out_html, image])
-    box.controls, box.image, box.html, box.redraw = controls, image, out_html, redraw
-    return announce_clamps(box, dict(new_tokens=new_tokens))
+    return explorer(controls, render, rows=[["prompt", "new_tokens"], ["text"]], layout="html_first",
+                    before={"prompt": pick_prompt, "text": edit_text}, requested=dict(new_tokens=new_tokens))

@@ -5,10 +5,9 @@
   generator and redraws the text (``.html``) and the probability the model gave each new token
   (``.image``). The drawing is :func:`generation_view` + :func:`plot_generation`, so a lesson cell
   shows the same thing without a widget.
-- :func:`score_sums` checks the sums ``a+b=c`` in a text: the arithmetic of a generation, computed.
-  :func:`greedy_answers_right` checks every held-out answer (``ANSWER_PATTERNS``: sums, differences,
-  times tables, CSV totals) in one teacher-forced forward per document, which says exactly whether
-  greedy decoding would write it.
+- ``score_sums`` (the sums ``a+b=c`` of a generation, checked) and ``greedy_answers_right`` (every
+  held-out answer of ``ANSWER_PATTERNS``, in one teacher-forced forward per document) are in
+  :mod:`dsv3_edu.evaluation`.
 - :func:`plot_domain_loads` draws a :class:`~dsv3_edu.balance.LoadTracker`'s per-domain loads in the
   style of [V3] Figure 9 (relative load: 1 is the fair share); :func:`plot_history` the training
   curves of a ``history.json`` written by :mod:`dsv3_edu.train`.
@@ -19,9 +18,7 @@ Attention maps of the trained model use lesson 03's ``dsv3_edu.widgets.l03_mla``
 
 from __future__ import annotations
 
-import html as html_lib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +30,12 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from ..data import DOMAINS, ByteTokenizer
+from ..evaluation import score_sums
 from ..generate import generate
 from ..layers import eval_mode
 from ..model import DeepSeekV3
-from ..viz import error_html, fig_to_png, moving_average, visible_token
-from . import announce_clamps
+from ..viz import escape, fig_to_png, moving_average, visible_token
+from . import explorer
 
 # One prompt per domain of the corpus, written like its documents (dsv3_edu.data).
 DOMAIN_PROMPTS = {
@@ -47,28 +45,6 @@ DOMAIN_PROMPTS = {
     "csv": "item,price,qty,total\nbook,9,9,81\ncup,",
 }
 MAX_NEW_TOKENS = 200
-SUM_PATTERN = re.compile(r"(?m)^(\d+)\+(\d+)=(\d+)$")  # a whole line "a+b=c"
-
-
-# ------------------------------------------------------------------------------------- arithmetic
-
-
-def score_sums(text: str) -> tuple[int, int]:
-    """(right, total) over the complete lines ``a+b=c`` of ``text``: is c really a + b?
-
-    Only whole lines count (a line cut off by ``max_new_tokens`` is not a claim yet).
-    """
-    found = SUM_PATTERN.findall(text if text.endswith("\n") else text[: text.rfind("\n") + 1])
-    return sum(int(a) + int(b) == int(c) for a, b, c in found), len(found)
-
-
-# Questions with one right answer in the corpus's held-out text: the named group "ans" is the answer.
-ANSWER_PATTERNS = {
-    "sums a+b": re.compile(r"(?m)^\d+\+\d+=(?P<ans>\d+)$"),
-    "differences a-b": re.compile(r"(?m)^\d+-\d+=(?P<ans>\d+)$"),
-    "times tables a*b": re.compile(r"(?m)^\d+\*\d+=(?P<ans>\d+)$"),
-    "csv total = price x qty": re.compile(r"(?m)^[a-z]+,\d+,\d+,(?P<ans>\d+)$"),
-}
 
 
 # ------------------------------------------------------------------------------------- generation
@@ -144,8 +120,8 @@ def plot_generation(gen: Generation, max_bars: int = 80) -> Figure:
 
 def generation_html(gen: Generation) -> str:
     """The prompt in grey and the new text in bold, newlines kept; for sums, how many are right."""
-    body = (f"<span style='color:#777'>{html_lib.escape(gen.prompt)}</span>"
-            f"<b>{html_lib.escape(gen.completion)}</b>")
+    body = (f"<span style='color:#777'>{escape(gen.prompt)}</span>"
+            f"<b>{escape(gen.completion)}</b>")
     mean_p = sum(gen.probs) / len(gen.probs) if gen.probs else 0.0
     info = f"{len(gen.new_ids)} new tokens, mean p(chosen) {mean_p:.3f}"
     right, total = score_sums(gen.text)
@@ -164,7 +140,7 @@ def generation_explorer(model: DeepSeekV3, domain: str = "code", max_new_tokens:
     controls = {
         "domain": W.Dropdown(options=list(DOMAIN_PROMPTS), value=domain, description="domain", style=style),
         "prompt": W.Textarea(value=DOMAIN_PROMPTS[domain], description="prompt", style=style,
-                             layout=W.Layout(width="520px", height="80px")),
+                             layout=W.Layout(width="520px", height="80px"), continuous_update=False),
         "max_new_tokens": W.IntSlider(value=max_new_tokens, min=1, max=MAX_NEW_TOKENS, description="max_new_tokens",
                                       style=style),
         "temperature": W.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.1, description="temperature",
@@ -172,38 +148,20 @@ def generation_explorer(model: DeepSeekV3, domain: str = "code", max_new_tokens:
         "top_k": W.IntSlider(value=top_k, min=0, max=model.config.vocab_size, description="top_k (0: off)",
                              style=style),
     }
-    image = W.Image(format="png")
-    html = W.HTML()
 
-    def redraw(_change=None) -> None:
-        top = controls["top_k"].value
-        try:
-            gen = generation_view(model, controls["prompt"].value, controls["max_new_tokens"].value,
-                                  round(controls["temperature"].value, 3), top or None, seed)
-            png = fig_to_png(plot_generation(gen))
-        except ValueError as err:
-            html.value = error_html(html_lib.escape(str(err)))
-            return
-        image.value = png
-        mode = "greedy" if round(controls["temperature"].value, 3) == 0 else (
-            f"sampled, temperature {controls['temperature'].value:.1f}, top_k {top or 'off'}, seed {seed}")
-        html.value = f"<b>{mode}</b>" + generation_html(gen)
+    def render(domain: str, prompt: str, max_new_tokens: int, temperature: float, top_k: int) -> tuple[bytes, str]:
+        temperature = round(temperature, 3)
+        gen = generation_view(model, prompt, max_new_tokens, temperature, top_k or None, seed)
+        mode = "greedy" if temperature == 0 else (
+            f"sampled, temperature {temperature:.1f}, top_k {top_k or 'off'}, seed {seed}")
+        return fig_to_png(plot_generation(gen)), f"<b>{mode}</b>" + generation_html(gen)
 
     def set_domain(change) -> None:
-        new_prompt = DOMAIN_PROMPTS[change["new"]]
-        if controls["prompt"].value == new_prompt:
-            redraw()
-        else:
-            controls["prompt"].value = new_prompt  # its observer redraws
+        controls["prompt"].value = DOMAIN_PROMPTS[change["new"]]  # one redraw follows, with the new prompt
 
-    controls["domain"].observe(set_domain, names="value")
-    for name in ("prompt", "max_new_tokens", "temperature", "top_k"):
-        controls[name].observe(redraw, names="value")
-    redraw()
-    box = W.VBox([W.HBox([controls["domain"], controls["prompt"]]),
-                  W.HBox([controls["max_new_tokens"], controls["temperature"], controls["top_k"]]), html, image])
-    box.controls, box.image, box.html, box.redraw = controls, image, html, redraw
-    return announce_clamps(box, dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k))
+    return explorer(controls, render, rows=[["domain", "prompt"], ["max_new_tokens", "temperature", "top_k"]],
+                    layout="html_first", before={"domain": set_domain},
+                    requested=dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k))
 
 
 # ----------------------------------------------------------------------------------- expert loads

@@ -3,31 +3,24 @@
 FP8 block scaling as the release stores it, and the bytes of the weights in each format, are
 ``dsv3_edu.fp8``; this module draws them.
 
-``deployment(...)`` answers "what fits": weights on n GPUs, and how many tokens of KV cache the rest
-holds, for MLA (576 values per token and layer) and for the expanded per-head K/V (40,960).
-``deployment_explorer()`` is the widget: ``.controls``, ``.image``, ``.html``, ``.redraw``.
-
-Memory sizes of GPUs are taken as GiB (an "80 GB" H100 has 80 GiB of HBM). ``usable`` is the fraction a
-server may fill (vLLM's ``gpu_memory_utilization`` defaults to 0.9); activations, CUDA graphs and
-communication buffers also live in it, so the cache numbers are upper bounds.
+``dsv3_edu.accounting.deployment(...)`` answers "what fits": weights on n GPUs, and how many tokens of
+KV cache the rest holds, for MLA (576 values per token and layer) and for the expanded per-head K/V
+(40,960); this module prints and draws it. ``deployment_explorer()`` is the widget: ``.controls``,
+``.image``, ``.html``, ``.redraw``.
 """
 
 from __future__ import annotations
-
-import math
-from dataclasses import asdict, dataclass
 
 import ipywidgets as W
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from ..accounting import count_parameters, kv_cache_bytes_per_token
+from ..accounting import CACHE_DTYPES, USABLE, count_parameters, deployment
 from ..config import ModelConfig
 from ..fp8 import WEIGHT_FORMATS, weight_bytes
 from ..viz import (
     COLORS,
     CONTEXTS,
-    DTYPES,
     GiB,
     fig_to_png,
     format_bytes,
@@ -35,16 +28,12 @@ from ..viz import (
     html_table,
     plot_bytes_vs_context,
     text_table,
-    whole_number,
 )
 from . import explorer
 from .l00_welcome import COMPONENT_COLORS, COMPONENTS
 
-CACHE_DTYPES = {k: DTYPES[k] for k in ("bf16", "fp8", "fp32")}
 GPU_MEMORY = {"80 GB (A100, H100)": 80, "141 GB (H200)": 141, "192 GB (MI300X, B200)": 192}
 MAX_CONTEXT = ModelConfig.deepseek_v3().max_position_embeddings  # 163,840: the full YaRN range
-USABLE = 0.9
-LIMITS = {"batch": (1, 65536), "n_gpus": (1, 1024)}
 
 
 # ------------------------------------------------------------------------------------ parameters
@@ -103,103 +92,6 @@ def plot_parameters(config: ModelConfig | None = None, gpu_gib: tuple[int, ...] 
 
 
 # ------------------------------------------------------------------------------------ deployment
-@dataclass
-class Deployment:
-    """What fits on ``n_gpus`` GPUs of ``gpu_gib`` GiB: weights, then the KV cache in what is left."""
-
-    context: int
-    batch: int
-    cache_dtype: str
-    gpu_gib: float
-    n_gpus: int
-    weights: str
-    usable: float
-    weight_bytes: int  # the main model, plus the MTP module when ``mtp`` (speculative decoding keeps it)
-    capacity_bytes: int  # n_gpus x (gpu_gib x usable - headroom): what weights and KV cache may fill
-    gpus_for_weights: int  # the fewest GPUs whose usable memory holds the weights alone
-    cache_budget: int  # capacity - weights (negative: the weights do not fit)
-    mla_per_token: int  # bytes per token over all layers, (d_c + d_h^R) values per layer
-    expanded_per_token: int  # bytes per token of per-head K (d_h + d_h^R) and V (d_h), all heads and layers
-    max_position_embeddings: int
-    mtp: bool = False  # the MTP module is served too: its weights, and its attention layer's cache
-    headroom_bytes: int = 0  # per GPU, kept free for activations and buffers (not for weights or cache)
-
-    @property
-    def mla_cache(self) -> int:
-        return self.mla_per_token * self.context * self.batch
-
-    @property
-    def expanded_cache(self) -> int:
-        return self.expanded_per_token * self.context * self.batch
-
-    def max_tokens(self, kind: str) -> int:
-        """Cached tokens (batch x context, summed over sequences) that fit in the cache budget."""
-        per = self.mla_per_token if kind == "mla" else self.expanded_per_token
-        return max(self.cache_budget, 0) // per
-
-    def max_batch(self, kind: str) -> int:
-        return self.max_tokens(kind) // self.context
-
-    def max_context(self, kind: str) -> int:
-        return self.max_tokens(kind) // self.batch
-
-    def fits(self, kind: str) -> bool:
-        return self.cache_budget >= (self.mla_cache if kind == "mla" else self.expanded_cache)
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out.update(mla_cache=self.mla_cache, expanded_cache=self.expanded_cache)
-        return out
-
-
-def deployment(
-    context: int = 131072, batch: int = 16, cache_dtype: str = "bf16", gpu_gib: float = 141, n_gpus: int = 8,
-    weights: str = "fp8", usable: float = USABLE, config: ModelConfig | None = None, mtp: bool = False,
-    headroom_gib: float = 0.0,
-) -> Deployment:
-    """Weights of the main model on ``n_gpus`` GPUs, and the KV cache of ``batch`` sequences of ``context``
-    tokens in the rest, for MLA and for the expanded per-head K/V. Raises ValueError on bad values.
-
-    ``mtp``: also serve the MTP module(s) for speculative decoding: their weights, and one more attention
-    layer per module in the KV cache (the module caches its own latent). ``headroom_gib``: GiB per GPU
-    kept free for activations, communication buffers and the like, taken out of the usable memory.
-    """
-    config = config or ModelConfig.deepseek_v3()
-    limit = config.max_position_embeddings
-    if isinstance(context, bool) or not isinstance(context, int) or not 1 <= context <= limit:
-        raise ValueError(f"context={context!r}: use a whole number of tokens from 1 to max_position_embeddings="
-                         f"{limit:,} (YaRN stretches the 4K-trained RoPE by 40x)")
-    for name, value in (("batch", batch), ("n_gpus", n_gpus)):
-        whole_number(name, value, *LIMITS[name])
-    if cache_dtype not in CACHE_DTYPES:
-        raise ValueError(f"cache_dtype={cache_dtype!r}: choose one of {', '.join(CACHE_DTYPES)}")
-    if isinstance(gpu_gib, bool) or not isinstance(gpu_gib, (int, float)) or not gpu_gib > 0:
-        raise ValueError(f"gpu_gib={gpu_gib!r}: use the memory of one GPU in GiB, e.g. 80")
-    if not 0 < usable <= 1:
-        raise ValueError(f"usable={usable!r}: the fraction of GPU memory a server may fill, in (0, 1]")
-    if isinstance(headroom_gib, bool) or not isinstance(headroom_gib, (int, float)) or headroom_gib < 0:
-        raise ValueError(f"headroom_gib={headroom_gib!r}: use the GiB per GPU to keep free, 0 or more")
-    w = weight_bytes(config, weights, include_mtp=mtp)
-    headroom = int(headroom_gib * GiB)
-    per_gpu = gpu_gib * GiB * usable - headroom
-    if per_gpu <= 0:
-        raise ValueError(f"headroom_gib={headroom_gib} leaves nothing of a {gpu_gib} GiB GPU at {usable:.0%}")
-    capacity = int(n_gpus * per_gpu)
-    dtype = CACHE_DTYPES[cache_dtype]
-    L = config.num_hidden_layers
-    cached_layers = L + (config.num_nextn_predict_layers if mtp else 0)
-
-    def per_token(kind: str) -> int:
-        return kv_cache_bytes_per_token(config, kind, dtype) // L * cached_layers
-
-    return Deployment(
-        context=context, batch=batch, cache_dtype=cache_dtype, gpu_gib=gpu_gib, n_gpus=n_gpus, weights=weights,
-        usable=usable, weight_bytes=w, capacity_bytes=capacity, gpus_for_weights=math.ceil(w / per_gpu),
-        cache_budget=capacity - w, mla_per_token=per_token("mla"), expanded_per_token=per_token("mha"),
-        max_position_embeddings=limit, mtp=mtp, headroom_bytes=headroom,
-    )
-
-
 def _tokens(n: int) -> str:
     return f"{n // 1024}K" if n % 1024 == 0 and n >= 1024 else f"{n:,}"
 
