@@ -98,7 +98,7 @@ def test_html_and_plot(model):
 def test_every_control_redraws(model):
     box = generation_explorer(model, domain="code", max_new_tokens=10)
     assert set(box.controls) == {"domain", "prompt", "max_new_tokens", "temperature", "top_k"}
-    assert box.image.value[:4] == b"\x89PNG" and "<b>greedy</b>" in box.html.value
+    assert box.image.value[:4] == b"\x89PNG" and "<b>greedy (temperature 0: top_k off acts only when sampling)</b>" in box.html.value
     for name, value in (("domain", "csv"), ("prompt", "Tom has a hat."), ("max_new_tokens", 14),
                         ("temperature", 1.0), ("top_k", 3)):
         before_image, before_html = box.image.value, box.html.value
@@ -107,6 +107,10 @@ def test_every_control_redraws(model):
         assert box.html.value != before_html, name
         assert box.image.value != before_image, name
     assert "temperature 1.0, top_k 3, seed 0" in box.html.value
+    box.controls["temperature"].value = 0.0  # greedy: top_k cannot change the text, and the view says why
+    before = box.html.value
+    box.controls["top_k"].value = 5
+    assert box.html.value != before and "top_k 5 acts only when sampling" in box.html.value
     box.controls["domain"].value = "arithmetic"
     assert box.controls["prompt"].value == DOMAIN_PROMPTS["arithmetic"]
     assert "sums:" in box.html.value

@@ -152,8 +152,8 @@ def generation_explorer(model: DeepSeekV3, domain: str = "code", max_new_tokens:
     def render(domain: str, prompt: str, max_new_tokens: int, temperature: float, top_k: int) -> tuple[bytes, str]:
         temperature = round(temperature, 3)
         gen = generation_view(model, prompt, max_new_tokens, temperature, top_k or None, seed)
-        mode = "greedy" if temperature == 0 else (
-            f"sampled, temperature {temperature:.1f}, top_k {top_k or 'off'}, seed {seed}")
+        mode = (f"greedy (temperature 0: top_k {top_k or 'off'} acts only when sampling)" if temperature == 0
+                else f"sampled, temperature {temperature:.1f}, top_k {top_k or 'off'}, seed {seed}")
         return fig_to_png(plot_generation(gen)), f"<b>{mode}</b>" + generation_html(gen)
 
     def set_domain(change) -> None:
