@@ -27,5 +27,7 @@ for path in paths:
     for i, source in skipped.items():
         nb.cells[i].source, nb.cells[i].outputs = source, []
     nb.metadata.pop("widgets", None)  # widget state is per-run noise
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)  # per-run timestamps: noise in every diff and merge
     nbformat.write(nb, path)
     print(f"{time.perf_counter() - start:6.1f} s  {path}")

@@ -210,14 +210,16 @@ def plot(
         mean, std = mean_std([float(v) for v in values])
         return mean, std or 0.0
 
+    palette = plt.get_cmap("tab20").colors if len(names) > 10 else plt.get_cmap("tab10").colors  # one color per arm
     for i, arm in enumerate(names):
         my, sy = stats(arm, y)
         label = (labels or {}).get(arm, arm)
+        color = palette[i % len(palette)]
         if x is None:
-            ax.errorbar([i], [my], yerr=[sy], fmt="o", capsize=4, label=label)
+            ax.errorbar([i], [my], yerr=[sy], fmt="o", capsize=4, label=label, color=color)
         else:
             mx, sx = stats(arm, x)
-            ax.errorbar([mx], [my], xerr=[sx], yerr=[sy], fmt="o", capsize=3, label=label)
+            ax.errorbar([mx], [my], xerr=[sx], yerr=[sy], fmt="o", capsize=3, label=label, color=color)
     if x is None:
         ax.set_xticks(range(len(names)), [(labels or {}).get(a, a) for a in names], rotation=30, ha="right")
     else:
@@ -226,6 +228,31 @@ def plot(
     ax.set_ylabel(y or res["metric"])
     ax.grid(alpha=0.3)
     return ax
+
+
+def break_it_rows(traps: list[str], show: bool = True, digits: int = 3) -> list[dict[str, Any]]:
+    """The measured effect of some traps of the ``break_it`` experiment, for the lesson each belongs to.
+
+    Returns one dict per trap (in the order given): {"trap", "fault", "effect", "mean", "std", "n"}, read from
+    data/experiments/break_it.json; ``show`` prints them as a table.
+    """
+    res = load("break_it")
+    unknown = [t for t in traps if t not in res["arms"]]
+    if unknown:
+        raise ValueError(f"traps {unknown} are not arms of break_it: {', '.join(res['arms'])}")
+    rows = []
+    for trap in traps:
+        arm = res["arms"][trap]
+        rows.append({"trap": trap, "fault": arm["arm_settings"]["fault"], "effect": arm["arm_settings"]["effect"],
+                     "mean": arm["mean"], "std": arm["std"], "n": len(arm["values"])})
+    if show:
+        from ..viz import text_table
+
+        print(text_table(["trap", "fault", "measured effect", "mean ± std", "seeds"],
+                         [[r["trap"], r["fault"], r["effect"],
+                           f"{r['mean']:.{digits}f}" + ("" if r["std"] is None else f" ± {r['std']:.{digits}f}"),
+                           r["n"]] for r in rows]))
+    return rows
 
 
 def __getattr__(attr: str):  # the runner's entry points, imported lazily (it imports torch)
