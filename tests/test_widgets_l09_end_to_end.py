@@ -98,7 +98,8 @@ def test_html_and_plot(model):
 def test_every_control_redraws(model):
     box = generation_explorer(model, domain="code", max_new_tokens=10)
     assert set(box.controls) == {"domain", "prompt", "max_new_tokens", "temperature", "top_k"}
-    assert box.image.value[:4] == b"\x89PNG" and "<b>greedy (temperature 0: top_k off acts only when sampling)</b>" in box.html.value
+    assert box.image.value[:4] == b"\x89PNG"
+    assert "<b>greedy (temperature 0: top_k off acts only when sampling)</b>" in box.html.value
     for name, value in (("domain", "csv"), ("prompt", "Tom has a hat."), ("max_new_tokens", 14),
                         ("temperature", 1.0), ("top_k", 3)):
         before_image, before_html = box.image.value, box.html.value
