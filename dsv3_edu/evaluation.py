@@ -176,14 +176,16 @@ def evaluate_same_targets(
     earliest and hardest (least context), which depth k never predicts.
 
     Returns one dict per depth k (in order): ``k``, ``targets`` (how many tokens were scored),
-    ``main_loss``/``main_acc`` and ``mtp_loss``/``mtp_acc`` on those targets, and ``main_loss_all``/
-    ``main_acc_all``, the main model on every target t_1..t_{T-1} of the same blocks.
+    ``main_loss``/``main_acc`` and ``mtp_loss``/``mtp_acc`` on those targets, ``agree`` (how often the
+    depth-k draft equals the main model's argmax there: the acceptance rate teacher-forced), and
+    ``main_loss_all``/``main_acc_all``, the main model on every target t_1..t_{T-1} of the same blocks.
     """
     if not model.mtp:
         raise ValueError("evaluate_same_targets needs a model with MTP modules (num_nextn_predict_layers >= 1)")
     device = next(model.parameters()).device
     D = len(model.mtp)
-    sums = {key: torch.zeros(D, dtype=torch.float64) for key in ("n", "main_loss", "main_acc", "mtp_loss", "mtp_acc")}
+    keys = ("main_loss", "main_acc", "mtp_loss", "mtp_acc", "agree")
+    sums = {key: torch.zeros(D, dtype=torch.float64) for key in ("n", *keys)}
     all_sums = torch.zeros(3, dtype=torch.float64)  # n, loss, correct of the main model on every target
     ce = F.cross_entropy
     with eval_mode(model):
@@ -192,7 +194,8 @@ def evaluate_same_targets(
             out = model(ids)
             main_logits = out.logits[:, :-1].float()  # (B, T-1, V): position j-1 predicts t_j
             main_nll = ce(main_logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
-            main_right = (main_logits.argmax(-1) == ids[:, 1:]).double()  # (B, T-1)
+            main_choice = main_logits.argmax(-1)  # (B, T-1)
+            main_right = (main_choice == ids[:, 1:]).double()  # (B, T-1)
             all_sums += torch.tensor([main_nll.numel(), main_nll.sum().item(), main_right.sum().item()],
                                      dtype=torch.float64)
             for k, logits in enumerate(out.mtp_logits, 1):
@@ -202,12 +205,12 @@ def evaluate_same_targets(
                 sums["n"][k - 1] += target.numel()
                 sums["mtp_loss"][k - 1] += nll.sum().item()
                 sums["mtp_acc"][k - 1] += (logits.argmax(-1) == target).sum().item()
+                sums["agree"][k - 1] += (logits.argmax(-1) == main_choice[:, k:]).sum().item()
                 sums["main_loss"][k - 1] += main_nll[:, k:].sum().item()  # main positions k..T-2: targets j >= k+1
                 sums["main_acc"][k - 1] += main_right[:, k:].sum().item()
     n_all = float(all_sums[0])
     return [{"k": k, "targets": int(sums["n"][k - 1]),
-             **{key: float(sums[key][k - 1] / sums["n"][k - 1]) for key in ("main_loss", "main_acc", "mtp_loss",
-                                                                            "mtp_acc")},
+             **{key: float(sums[key][k - 1] / sums["n"][k - 1]) for key in keys},
              "main_loss_all": float(all_sums[1]) / n_all, "main_acc_all": float(all_sums[2]) / n_all}
             for k in range(1, D + 1)]
 

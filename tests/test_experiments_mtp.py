@@ -68,11 +68,11 @@ def test_lambda0_trains_exactly_the_model_without_mtp():
     assert extra["mtp_acc"][0] < 0.05  # the untrained module drafts noise
 
 
-def test_same_target_metrics_agree_with_evaluate_mtp_and_a_direct_computation():
+def test_same_target_metrics_agree_with_evaluate_mtp_and_a_direct_computation():  # through the experiment
     torch.manual_seed(0)
     model = DeepSeekV3(ModelConfig.tiny(num_nextn_predict_layers=2))
     data = BlockDataset("validation", block_size=32)
-    same = mtp.evaluate_same_targets(model, data, batch_size=4, blocks_per_domain=1)
+    same = mtp.same_targets(model, data, batch_size=4, blocks_per_domain=1)
     old = exp.evaluate_mtp(model, data, batch_size=4, blocks_per_domain=1)
     assert model.training
     for key in ("mtp_loss", "mtp_acc", "agree"):  # the same draft, target and main-model positions

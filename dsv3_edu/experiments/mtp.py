@@ -12,7 +12,7 @@ model is therefore exactly the model trained without an MTP module (the MTP loss
 exact zeros to every gradient; a test checks it), and its untrained module's drafts are a chance baseline.
 
 Metric: the main model's validation loss (``train.evaluate``'s ``val_main_loss``). Extra per seed, from
-:func:`evaluate_same_targets`, for every depth k: the MTP module's loss and accuracy (``mtp_loss``,
+:func:`dsv3_edu.evaluation.evaluate_same_targets`, for every depth k: the MTP module's loss and accuracy (``mtp_loss``,
 ``mtp_acc``), and the main model's loss and accuracy *on the same target tokens* (``main_loss_same``,
 ``main_acc_same``), plus ``agree`` (the draft equals the main model's greedy choice there: the acceptance
 rate of greedy speculative decoding on the validation text).
@@ -30,10 +30,10 @@ comparison on the same targets.)
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..data import BlockDataset
+from ..evaluation import evaluate_same_targets
 from ..model import DeepSeekV3
 from ..train import TrainConfig
 from .runner import train_run
@@ -62,46 +62,14 @@ TRAIN = dict(steps=600, batch_size=16, block_size=64, lr=3e-3, warmup=20, eval_e
 QUICK_TRAIN = dict(steps=4, batch_size=2, block_size=16, warmup=1, eval_blocks_per_domain=1)
 
 
-@torch.no_grad()
-def evaluate_same_targets(
-    model: DeepSeekV3, dataset: BlockDataset, batch_size: int = 16, blocks_per_domain: int | None = 16,
-) -> dict[str, list[float]]:
-    """Per MTP depth k, the depth-k module and the main model scored on the same target tokens.
-
-    In a block t_0 .. t_{T-1}, depth k at position i predicts t_{i+k+1} (``mtp_logits[k-1][:, i]``), and the
-    main model predicts the same token at position i+k (``logits[:, i+k]``), for targets t_{k+1} .. t_{T-1}.
-    Returns lists indexed k-1: ``mtp_loss``, ``mtp_acc``, ``main_loss_same``, ``main_acc_same``, ``agree``
-    (draft == main argmax), and ``n_targets``. Losses are means over target tokens. Eval mode; the mode is
-    restored.
-    """
-    was_training = model.training
-    model.eval()
-    D = len(model.mtp)
-    keys = ("mtp_loss", "mtp_acc", "main_loss_same", "main_acc_same", "agree")
-    sums = {key: [0.0] * D for key in keys}
-    n = [0] * D
-    try:
-        for batch in dataset.eval_batches(batch_size, blocks_per_domain):
-            ids = batch.input_ids
-            out = model(ids)
-            for k, mtp_logits in enumerate(out.mtp_logits, 1):
-                target = ids[:, k + 1 :]  # (B, T-k-1)
-                draft = mtp_logits[:, :-1].float()  # position i -> t_{i+k+1}
-                main = out.logits[:, k:-1].float()  # position i+k -> t_{i+k+1}
-                for key, value in (
-                    ("mtp_loss", F.cross_entropy(draft.transpose(1, 2), target, reduction="sum")),
-                    ("mtp_acc", (draft.argmax(-1) == target).sum()),
-                    ("main_loss_same", F.cross_entropy(main.transpose(1, 2), target, reduction="sum")),
-                    ("main_acc_same", (main.argmax(-1) == target).sum()),
-                    ("agree", (draft.argmax(-1) == main.argmax(-1)).sum()),
-                ):
-                    sums[key][k - 1] += float(value)
-                n[k - 1] += target.numel()
-    finally:
-        model.train(was_training)
-    result = {key: [s / count for s, count in zip(sums[key], n)] for key in keys}
-    result["n_targets"] = n
-    return result
+def same_targets(model: DeepSeekV3, dataset: BlockDataset, batch_size: int, blocks_per_domain: int | None,
+                 ) -> dict[str, list[float]]:
+    """:func:`dsv3_edu.evaluation.evaluate_same_targets` as lists indexed k-1, under this experiment's
+    names: ``mtp_loss``, ``mtp_acc``, ``main_loss_same``, ``main_acc_same``, ``agree``, ``n_targets``."""
+    rows = evaluate_same_targets(model, dataset, batch_size, blocks_per_domain)
+    names = {"mtp_loss": "mtp_loss", "mtp_acc": "mtp_acc", "main_loss_same": "main_loss",
+             "main_acc_same": "main_acc", "agree": "agree", "n_targets": "targets"}
+    return {ours: [row[theirs] for row in rows] for ours, theirs in names.items()}
 
 
 def build_model(depth: int, model: dict, seed: int) -> DeepSeekV3:
@@ -132,7 +100,7 @@ def run(arm: str, seed: int, settings: dict, progress=None) -> tuple[float, dict
     val = BlockDataset("validation", cfg.block_size)
     model, history = train_run(net.config, cfg, progress, model=net, val_data=val)
     final = history[-1]
-    same = evaluate_same_targets(model, val, cfg.batch_size, cfg.eval_blocks_per_domain)
+    same = same_targets(model, val, cfg.batch_size, cfg.eval_blocks_per_domain)
     extra = {
         **same,
         "main_acc": sum(d["acc"] for d in final["domains"].values()) / len(final["domains"]),
