@@ -36,3 +36,34 @@ def test_lesson_has_a_core_route_and_announced_deep_dives(path):
     # Cell ids stay unique after the banners were inserted (nbdime merges cell by cell).
     ids = [c.get("id") for c in nb.cells]
     assert len(set(ids)) == len(ids)
+
+
+def test_tag_deep_dive_tags_a_range_and_inserts_its_banner():
+    import tag_deep_dive
+
+    nb = nbformat.v4.new_notebook()
+    for i, text in enumerate(["# title", "x = 1", "## More", "y = x + 1", "## Recap"]):
+        cell = (nbformat.v4.new_markdown_cell if text.startswith("#") else nbformat.v4.new_code_cell)(text)
+        cell.id = f"c{i}"
+        nb.cells.append(cell)
+    assert "no cell is tagged" in core_route.tagging_problems(nb)[0]
+    tag_deep_dive.tag_deep_dive(nb, "c2", "c3", "More of it.")
+    assert core_route.tagging_problems(nb) == []
+    assert [c.id for c in nb.cells if c.id.startswith("c")] == ["c0", "c1", "c2", "c3", "c4"]
+    banner = nb.cells[2]
+    assert banner.source.startswith(core_route.BANNER + " (optional, ~1 min):** More of it. Skip it")
+    assert [core_route.is_deep(c) for c in nb.cells] == [False, False, True, True, True, False]
+    tag_deep_dive.tag_deep_dive(nb, "c2", "c3", "More of it.")  # again: no second banner
+    assert len(nb.cells) == 6
+    with pytest.raises(SystemExit, match="no cell with id"):
+        tag_deep_dive.tag_deep_dive(nb, "nope", "c3", "x")
+
+
+def test_instructor_guide_cites_cells_that_exist_on_the_core_route():
+    import re
+
+    guide = (ROOT / "notebooks" / "INSTRUCTORS.md").read_text(encoding="utf-8")
+    cited = set(re.findall(r"`([0-9a-f]{8})`", guide))
+    assert len(cited) >= 8, "the guide points each learner question at a cell id"
+    core_ids = {c.get("id") for p in LESSONS for c in nbformat.read(p, as_version=4).cells if not core_route.is_deep(c)}
+    assert sorted(cited - core_ids) == []
