@@ -1,5 +1,5 @@
 """The answer key (called by `make answers`): every lesson with each exercise cell filled with its solution,
-executed, written to build/answers/. Fails unless every exercise cell then prints "Correct".
+executed, written to build/answers/. Fails unless every exercise cell then prints a line starting "Correct".
 
 Usage: python .ci/answers.py [NOTEBOOK ...]   (default: every notebooks/NN_*.ipynb)
 Run it through `make answers` so the environment matches CI (one BLAS thread, the same cell names).
@@ -53,7 +53,7 @@ def answer_key(path: Path) -> tuple[str, int, list[str], float]:
         nb.cells[i].source, nb.cells[i].outputs = source, []
     for ex in exercises:
         printed = stdout_of(nb.cells[ex.cell])
-        if not printed.lstrip().startswith("Correct"):
+        if not any(line.startswith("Correct") for line in printed.splitlines()):  # a cell may print a menu first
             problems.append(f"cell {ex.cell} ({ex.checker}) printed: {printed.strip()[:200] or '(nothing)'}")
     nb.metadata.pop("widgets", None)
     OUT.mkdir(parents=True, exist_ok=True)
