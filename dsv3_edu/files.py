@@ -54,26 +54,16 @@ def ensure_writable(path: str | Path, *, is_dir: bool = False, what: str = "outp
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` all at once: a temporary file in the same folder, fsync, then rename."""
+    """Write ``data`` to ``path`` all at once: :func:`write_temp` (a fsynced ``.NAME.tmp-PID`` next to it), then
+    one rename over ``path``. On any error the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=f"-{os.getpid()}", dir=path.parent)
+    tmp = write_temp(path, lambda p: p.write_bytes(data))
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the mode open() would
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

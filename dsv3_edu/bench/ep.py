@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from .. import distributed as D
-from ..files import ensure_writable, write_json
+from ..files import write_json
+from . import parse_args
 
 EXPERTS = 16
 
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redundant", type=int, help="slots for extra expert copies (default: one per rank)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the results there")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)  # --json is test-written first
     if args.max_ranks is None:
         args.max_ranks = min(2, max(1, args.world_size))
     try:
@@ -116,8 +117,6 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--tokens {args.tokens}: give each of the {args.world_size} ranks at least one token")
         if args.redundant is not None and args.redundant < 0:
             raise ValueError(f"--redundant {args.redundant}: give 0 or more extra expert copies")
-        if args.json:
-            ensure_writable(args.json, what="--json results")
     except ValueError as err:
         parser.error(str(err))
     start = time.perf_counter()
