@@ -1,9 +1,11 @@
 """Mark a run of cells as a deep dive: tag them `deep-dive` and insert the banner cell before the first.
 
 Usage: python .ci/tag_deep_dive.py notebooks/NN_x.ipynb FIRST_ID LAST_ID "What it adds."
-FIRST_ID and LAST_ID are cell ids (the range is inclusive). The banner states the minutes estimated with the
-instructor guide's rates (markdown at 155 words a minute, code at 15 lines a minute). Only metadata changes
-and one new cell with a fresh id; no source or output is touched. Then run `make core NB=...`.
+FIRST_ID and LAST_ID are cell ids (the range is inclusive). The banner states the section's minutes
+(the instructor guide's rates, from .ci/lesson_minutes.py). Only metadata changes and one new cell with a fresh
+id; no source or output is touched. Then run `make core NB=...` and `python .ci/lesson_minutes.py --write`.
+To take a range out of a deep dive again: python .ci/tag_deep_dive.py NOTEBOOK --untag FIRST_ID LAST_ID
+(a banner left with nothing after it goes).
 """
 
 from __future__ import annotations
@@ -14,19 +16,11 @@ from pathlib import Path
 
 import nbformat
 from core_route import BANNER, TAG
-
-WORDS_PER_MIN, LINES_PER_MIN = 155, 15
+from lesson_minutes import banner_minutes, cell_minutes
 
 
 def minutes(cells) -> int:
-    total = 0.0
-    for cell in cells:
-        if cell.cell_type == "markdown":
-            total += len(cell.source.split()) / WORDS_PER_MIN
-        else:
-            lines = [x for x in cell.source.splitlines() if x.strip() and not x.strip().startswith("#")]
-            total += len(lines) / LINES_PER_MIN
-    return max(1, round(total + 0.5))
+    return banner_minutes(sum(cell_minutes(c) for c in cells))
 
 
 def tag_deep_dive(nb, first_id: str, last_id: str, what: str) -> None:
@@ -53,13 +47,41 @@ def tag_deep_dive(nb, first_id: str, last_id: str, what: str) -> None:
     nb.cells.insert(a, banner)
 
 
+def untag(nb, first_id: str, last_id: str) -> None:
+    """Put a range back on the core route; a banner whose section is now empty is removed."""
+    ids = [c.get("id") for c in nb.cells]
+    for cid in (first_id, last_id):
+        if cid not in ids:
+            raise SystemExit(f"no cell with id {cid!r} in this notebook (ids are in the .ipynb file)")
+    a, b = ids.index(first_id), ids.index(last_id)
+    if b < a:
+        raise SystemExit(f"cell {last_id!r} comes before {first_id!r}: give the first cell of the range first")
+    for cell in nb.cells[a : b + 1]:
+        tags = cell.metadata.get("tags", [])
+        if TAG in tags:
+            tags.remove(TAG)
+    is_banner = [c.cell_type == "markdown" and TAG in c.metadata.get("tags", []) and c.source.startswith(BANNER)
+                 for c in nb.cells]
+    orphans = [i for i, banner in enumerate(is_banner)
+               if banner and (i + 1 == len(nb.cells) or TAG not in nb.cells[i + 1].metadata.get("tags", [])
+                              or is_banner[i + 1])]
+    for i in reversed(orphans):
+        del nb.cells[i]
+
+
 def main() -> int:
-    if len(sys.argv) != 5:
+    args = sys.argv[1:]
+    if len(args) == 4 and args[1] == "--untag":
+        args = [args[0], *args[2:]]
+        action = untag
+    elif len(args) == 4:
+        action = tag_deep_dive
+    else:
         print(__doc__)
         return 2
-    path = Path(sys.argv[1])
+    path = Path(args[0])
     nb = nbformat.read(path, as_version=4)
-    tag_deep_dive(nb, *sys.argv[2:])
+    action(nb, *args[1:])
     tmp = path.with_suffix(".ipynb.tmp")
     nbformat.write(nb, tmp)
     tmp.replace(path)
