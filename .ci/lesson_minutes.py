@@ -111,6 +111,12 @@ def time_sentence(m: Minutes) -> str:
     )
 
 
+def sentence_case(text: str) -> str:
+    """'The name map' -> 'the name map', but 'DeepSeek-V3's ...', 'MLA ...', 'FP8 ...' stay as written."""
+    word = text.split(maxsplit=1)[0] if text.strip() else ""
+    return text[0].lower() + text[1:] if word[:1].isupper() and (len(word) == 1 or word[1:].islower()) else text
+
+
 def title(nb) -> str:
     return nb.cells[0].source.splitlines()[0].lstrip("# ").strip()
 
@@ -128,9 +134,8 @@ def guide_tables(measured: list[tuple[Path, object, Minutes]]) -> tuple[str, str
             f"{m.full(EXERCISE_MIN)}-{m.full(EXERCISE_MAX)} |")
     dives = []
     for _, nb, m in measured:
-        parts = "; ".join(f"{what[0].lower() + what[1:].rstrip('.')} (~{banner_minutes(mins)} min)"
-                          for _, mins, what in m.dives)
-        dives.append(f"- **{title(nb)}**: {parts}")
+        dives.append(f"- **{title(nb)}**")
+        dives += [f"  - {sentence_case(what).rstrip('.')} (~{banner_minutes(mins)} min)" for _, mins, what in m.dives]
     return "\n".join(rows), "\n".join(dives)
 
 
