@@ -23,7 +23,8 @@ def minutes(cells) -> int:
     return banner_minutes(sum(cell_minutes(c) for c in cells))
 
 
-def tag_deep_dive(nb, first_id: str, last_id: str, what: str) -> None:
+def cell_range(nb, first_id: str, last_id: str) -> tuple[int, int]:
+    """Indexes of the first and last cell of an inclusive range given by cell ids, or a message saying what is wrong."""
     ids = [c.get("id") for c in nb.cells]
     for cid in (first_id, last_id):
         if cid not in ids:
@@ -31,6 +32,12 @@ def tag_deep_dive(nb, first_id: str, last_id: str, what: str) -> None:
     a, b = ids.index(first_id), ids.index(last_id)
     if b < a:
         raise SystemExit(f"cell {last_id!r} comes before {first_id!r}: give the first cell of the range first")
+    return a, b
+
+
+def tag_deep_dive(nb, first_id: str, last_id: str, what: str) -> None:
+    ids = [c.get("id") for c in nb.cells]
+    a, b = cell_range(nb, first_id, last_id)
     for cell in nb.cells[a : b + 1]:
         tags = cell.metadata.setdefault("tags", [])
         if TAG not in tags:
@@ -49,13 +56,7 @@ def tag_deep_dive(nb, first_id: str, last_id: str, what: str) -> None:
 
 def untag(nb, first_id: str, last_id: str) -> None:
     """Put a range back on the core route; a banner whose section is now empty is removed."""
-    ids = [c.get("id") for c in nb.cells]
-    for cid in (first_id, last_id):
-        if cid not in ids:
-            raise SystemExit(f"no cell with id {cid!r} in this notebook (ids are in the .ipynb file)")
-    a, b = ids.index(first_id), ids.index(last_id)
-    if b < a:
-        raise SystemExit(f"cell {last_id!r} comes before {first_id!r}: give the first cell of the range first")
+    a, b = cell_range(nb, first_id, last_id)
     for cell in nb.cells[a : b + 1]:
         tags = cell.metadata.get("tags", [])
         if TAG in tags:
