@@ -25,6 +25,7 @@ from pathlib import Path
 import core_route
 import exercise_cells
 import nbformat
+from colab_cell import TAG as COLAB_TAG
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "notebooks" / "INSTRUCTORS.md"
@@ -42,6 +43,8 @@ def lessons() -> list[Path]:
 
 
 def cell_minutes(cell, exercise: bool = False) -> float:
+    if COLAB_TAG in cell.get("metadata", {}).get("tags", []):
+        return 0.0  # the Colab install cell: does nothing outside Colab, and nobody reads it as the lesson
     if cell.cell_type == "markdown":
         return len(cell.source.split()) / WORDS_PER_MIN
     if exercise:
