@@ -43,7 +43,7 @@ TOOLS_VENV ?= .venv-tools
 TOOLS := $(TOOLS_VENV)/bin/python
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: lab test lint unit nbval notebooks bench lock clean install wheelhouse site browser-test answers core lock-tools
+.PHONY: lab test lint unit nbval notebooks bench lock clean install wheelhouse site browser-test answers core lock-tools colab
 
 install: $(STAMP)
 
@@ -114,6 +114,13 @@ answers: $(STAMP)
 # Each lesson without its cells tagged deep-dive runs on its own (and the tags and banners are in place).
 core: $(STAMP)
 	$(NB_ENV) $(BIN)/python .ci/core_route.py $(NB)
+
+# Once the course has a public GitHub repository: the Colab install cell in every lesson, the Colab and Binder
+# links in the README, then every lesson re-recorded.
+colab: $(STAMP)
+	$(if $(REPO_URL),,$(error give the course's public repository: make colab REPO_URL=https://github.com/OWNER/NAME))
+	$(BIN)/python .ci/colab_cell.py --repo '$(REPO_URL)'
+	$(MAKE) notebooks
 
 # Re-pin the tools' venv after changing the site or browser extras.
 lock-tools: $(TOOLS_VENV)/.site-installed $(TOOLS_VENV)/.browser-installed

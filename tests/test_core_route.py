@@ -104,7 +104,7 @@ def test_lesson_minutes_follow_the_method_on_a_hand_counted_notebook():
     # The Colab install cell (.ci/colab_cell.py) is setup, not lesson: applying it changes no minute.
     import colab_cell
 
-    colab = nbformat.from_dict(colab_cell.apply({"cells": [dict(c) for c in nb.cells]}))
+    colab = nbformat.from_dict(colab_cell.apply({"cells": [dict(c) for c in nb.cells]}, "https://github.com/someone/dsv3-edu"))
     assert len(colab.cells) == 5 and lesson_minutes.measure(colab).core_reading == m.core_reading
     assert round(m.reading, 2) == round(4 + 3 + 12 / 155, 2)
     assert [(i, round(x, 2)) for i, x, _ in m.dives] == [(2, 3.0)]

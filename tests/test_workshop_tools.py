@@ -9,6 +9,7 @@ from pathlib import Path
 import build_site
 import check_site
 import colab_cell
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,9 +55,10 @@ def test_widget_outputs_become_notes_naming_their_controls():
 def test_colab_cell_is_inserted_once_and_does_nothing_here():
     nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": "# 00"},
                     {"cell_type": "code", "metadata": {}, "source": "import torch", "outputs": []}]}
-    nb = colab_cell.apply(colab_cell.apply(nb))
+    nb = colab_cell.apply(colab_cell.apply(nb, "https://github.com/old/x"), "https://github.com/someone/dsv3-edu")
     assert [c["cell_type"] for c in nb["cells"]] == ["markdown", "code", "code"]
     assert colab_cell.TAG in nb["cells"][1]["metadata"]["tags"]
+    assert '"https://github.com/someone/dsv3-edu"' in "".join(nb["cells"][1]["source"]), "applied again: updated"
     # dsv3_edu is importable here: the cell must not clone, install or print anything.
     code = "import subprocess\nsubprocess.run = None\n" + "".join(nb["cells"][1]["source"])
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -96,3 +98,20 @@ def test_core_route_tagging_rules():
     assert "without its banner" in core_route.tagging_problems(no_banner)[0]
     all_deep = nb(("markdown", banner, True), ("code", "y = 1", True))
     assert any("no core route" in p for p in core_route.tagging_problems(all_deep))
+
+
+def test_colab_links_need_a_github_address_and_land_between_the_readme_markers():
+    for bad in ("", "https://gitlab.com/a/b", "github.com/a/b", "https://github.com/a", "https://github.com/a/b/c"):
+        with pytest.raises(SystemExit, match="not a GitHub repository address"):
+            colab_cell.github_repo(bad)
+    assert colab_cell.github_repo("https://github.com/some-one/dsv3-edu.git") == ("some-one", "dsv3-edu")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert colab_cell.README_START in readme and colab_cell.README_END in readme, "README lost its colab markers"
+    out = colab_cell.readme_links(readme, ["00_welcome.ipynb", "01_x.ipynb"], "https://github.com/o/n", "dev")
+    block = out.split(colab_cell.README_START)[1].split(colab_cell.README_END)[0]
+    assert "https://mybinder.org/v2/gh/o/n/dev?urlpath=lab/tree/notebooks" in block
+    assert "(https://colab.research.google.com/github/o/n/blob/dev/notebooks/01_x.ipynb)" in block
+    assert out.replace(block, "") == readme.replace(readme.split(colab_cell.README_START)[1].split(
+        colab_cell.README_END)[0], ""), "only the block between the markers changes"
+    again = colab_cell.readme_links(out, ["00_welcome.ipynb"], "https://github.com/o/n")
+    assert again.count(colab_cell.README_START) == 1 and "01_x" not in again
