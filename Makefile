@@ -116,10 +116,11 @@ core: $(STAMP)
 	$(NB_ENV) $(BIN)/python .ci/core_route.py $(NB)
 
 # Once the course has a public GitHub repository: the Colab install cell in every lesson, the Colab and Binder
-# links in the README, then every lesson re-recorded.
+# links in the README, the guide's tables (one more core cell per lesson), then every lesson re-recorded.
 colab: $(STAMP)
 	$(if $(REPO_URL),,$(error give the course's public repository: make colab REPO_URL=https://github.com/OWNER/NAME))
 	$(BIN)/python .ci/colab_cell.py --repo '$(REPO_URL)'
+	PYTHONPATH=.ci $(BIN)/python .ci/lesson_minutes.py --write
 	$(MAKE) notebooks
 
 # Re-pin the tools' venv after changing the site or browser extras.
