@@ -16,6 +16,8 @@ import re
 import sys
 from pathlib import Path
 
+from dsv3_edu.files import atomic_write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 TAG = "colab-install"
 README_START, README_END = "<!-- colab links: written by .ci/colab_cell.py -->", "<!-- end of colab links -->"
@@ -76,12 +78,6 @@ def readme_links(text: str, lessons: list[str], repo: str, branch: str = "main")
     return f"{head}{README_START}\n" + "\n".join(rows) + f"\n{README_END}{rest.split(README_END, 1)[1]}"
 
 
-def write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", required=True, help="the course's public GitHub repository, https://github.com/OWNER/NAME")
@@ -91,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     lessons = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     for path in lessons:
         nb = apply(json.loads(path.read_text(encoding="utf-8")), args.repo)
-        write(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+        atomic_write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     readme = ROOT / "README.md"
-    write(readme, readme_links(readme.read_text(encoding="utf-8"), [p.name for p in lessons], args.repo, args.branch))
+    links = readme_links(readme.read_text(encoding="utf-8"), [p.name for p in lessons], args.repo, args.branch)
+    atomic_write_text(readme, links)
     print(f"colab: install cell in {len(lessons)} lessons, links in README.md; now re-record: make notebooks")
     return 0
 

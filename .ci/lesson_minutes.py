@@ -27,6 +27,8 @@ import exercise_cells
 import nbformat
 from colab_cell import TAG as COLAB_TAG
 
+from dsv3_edu.files import atomic_write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "notebooks" / "INSTRUCTORS.md"
 WORDS_PER_MIN, LINES_PER_MIN = 155, 15
@@ -172,6 +174,12 @@ def stale(path: Path, nb, m: Minutes) -> tuple[list[str], bool]:
     return problems, changed
 
 
+def write_notebook(path: Path, nb) -> None:
+    """nbformat.write, atomically: a reader never sees half a notebook."""
+    text = nbformat.writes(nb)
+    atomic_write_text(path, text if text.endswith("\n") else text + "\n")
+
+
 def main(argv: list[str]) -> int:
     write, check = "--write" in argv, "--check" in argv
     measured = [(p, nb := nbformat.read(p, as_version=4), measure(nb)) for p in lessons()]
@@ -187,18 +195,14 @@ def main(argv: list[str]) -> int:
         found, changed = stale(path, nb, m)
         problems += found
         if write and changed:
-            tmp = path.with_suffix(".ipynb.tmp")
-            nbformat.write(nb, tmp)
-            tmp.replace(path)
+            write_notebook(path, nb)
     table, dives = guide_tables(measured)
     text = GUIDE.read_text(encoding="utf-8")
     new = replace_between(replace_between(text, TABLE_START, TABLE_END, table), DIVES_START, DIVES_END, dives)
     if new != text:
         problems.append(f"{GUIDE.name}: its generated tables are out of date")
         if write:
-            tmp = GUIDE.with_suffix(".md.tmp")
-            tmp.write_text(new, encoding="utf-8")
-            tmp.replace(GUIDE)
+            atomic_write_text(GUIDE, new)
     for line in problems:
         print(("fixed: " if write and "outside" not in line else "") + line)
     if write:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nbformat
 from core_route import BANNER, TAG
-from lesson_minutes import banner_minutes, cell_minutes
+from lesson_minutes import banner_minutes, cell_minutes, write_notebook
 
 
 def minutes(cells) -> int:
@@ -61,6 +61,8 @@ def untag(nb, first_id: str, last_id: str) -> None:
         tags = cell.metadata.get("tags", [])
         if TAG in tags:
             tags.remove(TAG)
+            if not tags:
+                del cell.metadata["tags"]
     is_banner = [c.cell_type == "markdown" and TAG in c.metadata.get("tags", []) and c.source.startswith(BANNER)
                  for c in nb.cells]
     orphans = [i for i, banner in enumerate(is_banner)
@@ -83,9 +85,7 @@ def main() -> int:
     path = Path(args[0])
     nb = nbformat.read(path, as_version=4)
     action(nb, *args[1:])
-    tmp = path.with_suffix(".ipynb.tmp")
-    nbformat.write(nb, tmp)
-    tmp.replace(path)
+    write_notebook(path, nb)
     return 0
 
 

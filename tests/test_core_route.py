@@ -74,6 +74,7 @@ def test_untag_puts_a_range_back_on_the_core_route_and_drops_an_empty_banner():
     tag_deep_dive.untag(nb, "c2", "c3")  # the whole section comes back: its banner goes
     assert [c.id for c in nb.cells] == [f"c{i}" for i in range(6)]
     assert not any(core_route.is_deep(c) for c in nb.cells)
+    assert all("tags" not in c.metadata for c in nb.cells), "untag leaves the metadata as it found it"
 
 
 def test_every_core_route_fits_the_workshop_and_every_stated_minute_is_current():
